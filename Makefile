@@ -1,0 +1,34 @@
+# Two entry points: `make run` and `make test`. Both create or reuse .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench-codec schema clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m chat_server
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Regenerate protocol/schema.json after changing protocol/messages.py.
+schema: $(STAMP)
+	$(BIN)/python -m protocol.schema --write
+
+bench-codec: $(STAMP)
+	$(BIN)/python -m load.bench_codec
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

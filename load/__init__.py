@@ -1,0 +1,1 @@
+"""The protocol harness and benchmarks. Imports ``protocol`` only, never the server."""

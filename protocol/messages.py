@@ -1,0 +1,316 @@
+"""Every message of protocol v1, as typed structs. Pure data: no I/O, no server imports.
+
+Frames are JSON objects discriminated by ``type``. A client frame may carry ``id``;
+the server echoes it in the ``ack``/``error``/reply it causes. Fields equal to their
+default are left out of encoded frames.
+
+Sequence numbers: every stored message has a ``seq``, increasing per conversation.
+An assistant reply gets its ``seq`` when it starts (``turn_start``); the same ``seq``
+is repeated in its ``turn_end``. A client resumes with ``after_seq`` = the highest
+``seq`` it holds *complete* (from ``message`` or ``turn_end``); replies still streaming
+are re-sent as ``turn_start`` + a ``delta`` from offset 0, then live deltas. Deltas
+carry ``offset`` (where ``text`` starts in the reply), so a client drops any text
+it already has and never sees a gap.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from typing import Annotated
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+# Postgres rejects NUL in text; refuse it at the edge rather than fail on insert.
+Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
+ShortText = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00]*$")]
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class MessageStatus(enum.StrEnum):
+    COMPLETE = "complete"
+    STREAMING = "streaming"
+    INTERRUPTED = "interrupted"  # cancelled or barged-in; text is what was kept
+    ERROR = "error"  # the model failed; text is what arrived before the failure
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    SAFETY = "safety"
+    CANCELLED = "cancelled"  # ``cancel`` without ``heard_chars``: kept everything generated
+    INTERRUPTED = "interrupted"  # ``cancel`` with ``heard_chars``: kept what was heard
+    ERROR = "error"
+
+
+class _Frame(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
+    pass
+
+
+# ---------------------------------------------------------------- client → server
+
+
+class ConversationCreate(msgspec.Struct, omit_defaults=True, kw_only=True):
+    title: ShortText | None = None
+    assistant_id: uuid.UUID | None = None
+
+
+class Hello(_Frame, tag="hello", kw_only=True):
+    id: RequestId | None = None
+    token: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    client: ShortText | None = None  # free-form client name/version, for logs
+    protocol: int = PROTOCOL_VERSION
+
+
+class Join(_Frame, tag="join", kw_only=True):
+    """Join ``conversation_id``, or create one with ``create``; exactly one of the two."""
+
+    id: RequestId | None = None
+    conversation_id: uuid.UUID | None = None
+    create: ConversationCreate | None = None
+    after_seq: Seq | None = None
+
+
+class Send(_Frame, tag="send", kw_only=True):
+    """A user turn. ``id`` is the idempotency key: resending it returns the first ack."""
+
+    id: RequestId
+    conversation_id: uuid.UUID
+    text: Text
+    assistant_id: uuid.UUID | None = None
+
+
+class Input(_Frame, tag="input", kw_only=True):
+    """A voice transcript: partials are relayed live, ``final`` commits like ``send``."""
+
+    id: RequestId | None = None
+    conversation_id: uuid.UUID
+    input_id: RequestId
+    text: Text
+    final: bool = False
+
+
+class Cancel(_Frame, tag="cancel", kw_only=True):
+    """Stop a running reply (the newest one if ``turn_id`` is omitted)."""
+
+    id: RequestId | None = None
+    conversation_id: uuid.UUID
+    turn_id: uuid.UUID | None = None
+    heard_chars: Seq | None = None  # keep only this many characters of the reply
+
+
+class History(_Frame, tag="history", kw_only=True):
+    id: RequestId | None = None
+    conversation_id: uuid.UUID
+    before_seq: Seq | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+
+
+class Leave(_Frame, tag="leave", kw_only=True):
+    id: RequestId | None = None
+    conversation_id: uuid.UUID
+
+
+class Typing(_Frame, tag="typing", kw_only=True):
+    id: RequestId | None = None
+    conversation_id: uuid.UUID
+    active: bool = True
+
+
+class Ping(_Frame, tag="ping", kw_only=True):
+    id: RequestId | None = None
+
+
+ClientMessage = Hello | Join | Send | Input | Cancel | History | Leave | Typing | Ping
+
+
+# ---------------------------------------------------------------- server → client
+
+
+class Limits(msgspec.Struct, kw_only=True):
+    max_frame_bytes: int
+    max_text_chars: int
+    outbox_frames: int  # frames queued for a client before it is closed as slow
+
+
+class Welcome(_Frame, tag="welcome", kw_only=True):
+    id: RequestId | None = None
+    session_id: str
+    node: str
+    user_id: str
+    protocol: int = PROTOCOL_VERSION
+    heartbeat_ms: int
+    limits: Limits
+
+
+class ConversationInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
+    id: uuid.UUID
+    title: str | None = None
+    assistant_id: uuid.UUID | None = None
+    last_seq: int = 0
+
+
+class Joined(_Frame, tag="joined", kw_only=True):
+    """Sent before the replay. ``recovered`` is true when every event after
+    ``after_seq`` follows; false when none was asked for or too many were missed
+    (then fetch ``history``)."""
+
+    id: RequestId | None = None
+    conversation: ConversationInfo
+    last_seq: int
+    recovered: bool
+
+
+class Ack(_Frame, tag="ack", kw_only=True):
+    id: RequestId
+    message_id: uuid.UUID
+    seq: int
+    duplicate: bool = False
+
+
+class Usage(msgspec.Struct, omit_defaults=True, kw_only=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class RouteInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Why this assistant and model answer: ``reason`` is explicit|default|skill."""
+
+    reason: str
+    skill: str | None = None
+    score: float | None = None
+
+
+class ErrorInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class MessageInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
+    id: uuid.UUID
+    seq: int
+    role: Role
+    text: str
+    status: MessageStatus
+    created_at: str  # ISO 8601, UTC
+    client_id: str | None = None  # the ``send`` id of a user turn
+    reply_to: uuid.UUID | None = None
+    assistant_id: uuid.UUID | None = None
+    model: str | None = None
+    finish_reason: FinishReason | None = None
+
+
+class Message(_Frame, tag="message", kw_only=True):
+    conversation_id: uuid.UUID
+    seq: int
+    message: MessageInfo
+
+
+class AssistantRef(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    name: str
+
+
+class TurnStart(_Frame, tag="turn_start", kw_only=True):
+    conversation_id: uuid.UUID
+    seq: int
+    turn_id: uuid.UUID  # the assistant message's id
+    reply_to: uuid.UUID  # the user message's id
+    assistant: AssistantRef
+    model: str
+    route: RouteInfo
+
+
+class Delta(_Frame, tag="delta", kw_only=True):
+    conversation_id: uuid.UUID
+    turn_id: uuid.UUID
+    offset: int
+    text: str
+
+
+class TurnEnd(_Frame, tag="turn_end", kw_only=True):
+    conversation_id: uuid.UUID
+    seq: int
+    turn_id: uuid.UUID
+    message: MessageInfo
+    finish_reason: FinishReason
+    usage: Usage = msgspec.field(default_factory=Usage)
+    error: ErrorInfo | None = None  # set when finish_reason is error
+
+
+class InputEvent(_Frame, tag="input", kw_only=True):
+    """A partial transcript from another device, relayed live and never stored."""
+
+    conversation_id: uuid.UUID
+    input_id: str
+    text: str
+    final: bool = False
+    user_id: str
+
+
+class TypingEvent(_Frame, tag="typing", kw_only=True):
+    conversation_id: uuid.UUID
+    user_id: str
+    session_id: str
+    active: bool
+
+
+class Presence(_Frame, tag="presence", kw_only=True):
+    conversation_id: uuid.UUID
+    sessions: int  # devices joined to the conversation on this node
+
+
+class HistoryPage(_Frame, tag="history", kw_only=True):
+    id: RequestId | None = None
+    conversation_id: uuid.UUID
+    messages: list[MessageInfo]  # oldest first
+    has_more: bool
+
+
+class Left(_Frame, tag="left", kw_only=True):
+    id: RequestId | None = None
+    conversation_id: uuid.UUID
+
+
+class Pong(_Frame, tag="pong", kw_only=True):
+    id: RequestId | None = None
+
+
+class GoAway(_Frame, tag="go_away", kw_only=True):
+    reconnect_after_ms: int
+
+
+class Error(_Frame, tag="error", kw_only=True):
+    id: str | None = None
+    code: str
+    message: str
+    retryable: bool = False
+    retry_after_ms: int | None = None
+
+
+ServerMessage = (
+    Welcome
+    | Joined
+    | Ack
+    | Message
+    | TurnStart
+    | Delta
+    | TurnEnd
+    | InputEvent
+    | TypingEvent
+    | Presence
+    | HistoryPage
+    | Left
+    | Pong
+    | GoAway
+    | Error
+)
