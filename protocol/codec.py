@@ -24,7 +24,8 @@ SERVER_TYPES = frozenset(t.__struct_config__.tag for t in get_args(ServerMessage
 def decode_client(data: str | bytes) -> ClientMessage:
     """Parse one client frame. Raises ``ErrorReply`` (with the frame's ``id`` if any)."""
     try:
-        return _client_decoder.decode(data)
+        message: ClientMessage = _client_decoder.decode(data)
+        return message
     except msgspec.ValidationError as exc:
         raise _explain(data, str(exc), CLIENT_TYPES) from None
     except msgspec.DecodeError as exc:
@@ -34,7 +35,8 @@ def decode_client(data: str | bytes) -> ClientMessage:
 def decode_server(data: str | bytes) -> ServerMessage:
     """Parse one server frame (for clients, tests and load/)."""
     try:
-        return _server_decoder.decode(data)
+        message: ServerMessage = _server_decoder.decode(data)
+        return message
     except msgspec.ValidationError as exc:
         raise _explain(data, str(exc), SERVER_TYPES) from None
     except msgspec.DecodeError as exc:

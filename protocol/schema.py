@@ -30,7 +30,11 @@ def build() -> dict[str, Any]:
         "x-server-to-client": server,
         "x-error-codes": {code.value: {"retryable": r} for code, r in RETRYABLE.items()},
         "x-close-codes": {
-            str(code.value): {"name": code.name.lower(), "meaning": i.meaning, "reconnect": i.reconnect}
+            str(code.value): {
+                "name": code.name.lower(),
+                "meaning": i.meaning,
+                "reconnect": i.reconnect,
+            }
             for code, i in CLOSE_CODES.items()
         },
         "$defs": defs,

@@ -1,0 +1,82 @@
+"""``create_app(settings)``: wires every part. Nothing is created at import time.
+
+The database must already be migrated (``python -m chat_server`` does it first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route, WebSocketRoute
+
+from chat_server import http
+from chat_server.auth import Authenticator
+from chat_server.bus.memory import MemoryBus
+from chat_server.config import Settings
+from chat_server.hub import Hub
+from chat_server.llm.gemini import GeminiProvider
+from chat_server.llm.simulator import SimConfig, create_simulator
+from chat_server.session import Runtime
+from chat_server.storage.db import make_engine, make_sessionmaker
+from chat_server.turns import Turns
+from chat_server.ws import websocket_endpoint
+
+log = logging.getLogger("chat_server")
+
+SIMULATOR_PATH = "/_sim/gemini"
+
+
+def simulator_url(settings: Settings) -> str:
+    """Where the in-process simulator answers when no GEMINI_BASE_URL is given."""
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}{SIMULATOR_PATH}"
+
+
+def create_app(settings: Settings) -> Starlette:
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url (start the embedded one first)")
+    database_url = settings.database_url.value
+    mount_simulator = settings.uses_simulator and settings.gemini_base_url is None
+    base_url = simulator_url(settings) if mount_simulator else settings.gemini_base_url
+    api_key = settings.gemini_api_key.value if settings.gemini_api_key else "simulator"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = make_engine(database_url)
+        bus = MemoryBus()
+        hub = Hub(bus=bus, node_id=settings.node_id)
+        llm = GeminiProvider(api_key=api_key, base_url=base_url, attempts=settings.gemini_attempts)
+        turns = Turns(db=make_sessionmaker(engine), hub=hub, llm=llm, settings=settings)
+        app.state.runtime = Runtime(
+            settings=settings,
+            db=make_sessionmaker(engine),
+            hub=hub,
+            turns=turns,
+            auth=Authenticator(settings.jwt_secret),
+        )
+        orphans = await turns.finish_orphans()
+        if orphans:
+            log.warning("ended %d replies left streaming by a previous run", orphans)
+        try:
+            yield
+        finally:
+            await turns.shutdown()
+            await llm.aclose()
+            await bus.aclose()
+            await engine.dispose()
+
+    routes: list[Route | WebSocketRoute | Mount] = [
+        WebSocketRoute("/ws", websocket_endpoint),
+        Route("/health", http.health),
+        Route("/ready", http.ready),
+        Route("/protocol.json", http.protocol_schema),
+    ]
+    if mount_simulator:
+        sim = SimConfig(ttft_s=settings.sim_ttft_ms / 1000, tokens_per_s=settings.sim_tokens_per_s)
+        routes.append(Mount(SIMULATOR_PATH, app=create_simulator(sim)))
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,129 @@
+"""Local registry: conversation → sessions on this node, and the bus subscriptions.
+
+The hub subscribes to a conversation's bus channel when its first local session joins
+and unsubscribes after the last one leaves. Every event is encoded once (``Event``) and
+the same frame goes to every local session; then it is published to the other replicas.
+Echoes of this node's own events coming back from the bus are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+
+from chat_server.bus import Bus
+from protocol import encode
+from protocol.messages import (
+    Delta,
+    InputEvent,
+    Message,
+    Presence,
+    TurnEnd,
+    TurnStart,
+    TypingEvent,
+)
+
+log = logging.getLogger(__name__)
+
+Broadcast = Message | TurnStart | Delta | TurnEnd | InputEvent | TypingEvent | Presence
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """One encoded server frame plus what sessions need to order, trim and merge it."""
+
+    kind: str  # the frame's ``type``
+    frame: str  # JSON text, encoded once
+    conversation_id: uuid.UUID | None = None
+    seq: int = 0
+    turn_id: uuid.UUID | None = None
+    offset: int = 0
+    text: str = ""  # a delta's text, so it can be trimmed or merged without decoding
+    exclude: str | None = None  # session id that must not receive it (its own relay)
+    origin: str = ""
+
+    @classmethod
+    def of(cls, message: Broadcast, *, exclude: str | None = None) -> Event:
+        event = cls(
+            kind=message.__struct_config__.tag,  # type: ignore[arg-type]
+            frame=encode(message).decode(),
+            conversation_id=message.conversation_id,
+            exclude=exclude,
+        )
+        if isinstance(message, Message | TurnStart | TurnEnd):
+            event.seq = message.seq
+        if isinstance(message, TurnStart | TurnEnd | Delta):
+            event.turn_id = message.turn_id
+        if isinstance(message, Delta):
+            event.offset, event.text = message.offset, message.text
+        return event
+
+    @classmethod
+    def reply(cls, message: msgspec.Struct) -> Event:
+        """A frame for one session only (ack, error, joined, ...)."""
+        return cls(kind="reply", frame=encode(message).decode())  # type: ignore[arg-type]
+
+
+class Subscriber(Protocol):
+    id: str
+
+    def deliver(self, event: Event) -> None: ...
+
+
+_envelope = msgspec.json.Encoder()
+_unenvelope = msgspec.json.Decoder(Event)
+
+
+@dataclass(eq=False)
+class Hub:
+    bus: Bus
+    node_id: str
+    _local: dict[uuid.UUID, set[Subscriber]] = field(default_factory=dict)
+
+    @staticmethod
+    def channel(conversation_id: uuid.UUID) -> str:
+        return f"conv:{conversation_id}"
+
+    def sessions(self, conversation_id: uuid.UUID) -> int:
+        return len(self._local.get(conversation_id, ()))
+
+    async def join(self, conversation_id: uuid.UUID, subscriber: Subscriber) -> None:
+        members = self._local.setdefault(conversation_id, set())
+        first = not members
+        members.add(subscriber)
+        if first:
+            await self.bus.subscribe(
+                self.channel(conversation_id), lambda p: self._from_bus(conversation_id, p)
+            )
+
+    async def leave(self, conversation_id: uuid.UUID, subscriber: Subscriber) -> None:
+        members = self._local.get(conversation_id)
+        if members is None or subscriber not in members:
+            return
+        members.discard(subscriber)
+        if not members:
+            del self._local[conversation_id]
+            await self.bus.unsubscribe(self.channel(conversation_id))
+
+    async def publish(self, message: Broadcast, *, exclude: str | None = None) -> None:
+        event = Event.of(message, exclude=exclude)
+        self._deliver(message.conversation_id, event)
+        event.origin = self.node_id
+        await self.bus.publish(self.channel(message.conversation_id), _envelope.encode(event))
+
+    def _from_bus(self, conversation_id: uuid.UUID, payload: bytes) -> None:
+        try:
+            event = _unenvelope.decode(payload)
+        except msgspec.DecodeError:
+            log.exception("dropping undecodable bus payload on %s", conversation_id)
+            return
+        if event.origin != self.node_id:
+            self._deliver(conversation_id, event)
+
+    def _deliver(self, conversation_id: uuid.UUID, event: Event) -> None:
+        for subscriber in tuple(self._local.get(conversation_id, ())):
+            if subscriber.id != event.exclude:
+                subscriber.deliver(event)

@@ -1,0 +1,61 @@
+"""Model providers: the ``LLMProvider`` protocol and the types it speaks.
+
+``gemini.py`` is the only module that imports google.genai; ``simulator.py`` is a
+Gemini-wire-compatible server for development, tests and load runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from protocol.errors import ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    role: Literal["user", "model"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LLMRequest:
+    model: str
+    system_prompt: str
+    history: Sequence[ChatTurn]  # oldest first; the last one is the user's new turn
+    max_output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class LLMChunk:
+    text: str
+    # One of protocol.messages.FinishReason's values, on the last chunk only.
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class LLMError(Exception):
+    """The provider failed. ``code`` is the wire error code the reply ends with."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+
+
+class LLMProvider(Protocol):
+    """Streams one reply.
+
+    Contract: ``stream`` yields text chunks in order; the last chunk carries
+    ``finish_reason`` (a stream that ends without one was cut and the caller treats
+    it as an error). Every provider failure, before or during the stream, is raised
+    as ``LLMError``; cancelling the consuming task closes the upstream request.
+    The provider does not time out stalls: the caller bounds the wait per chunk.
+    """
+
+    def stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]: ...
+
+    async def aclose(self) -> None: ...

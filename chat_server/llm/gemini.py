@@ -1,0 +1,89 @@
+"""Gemini through google-genai, streaming. The only module that imports google.genai."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from google import genai
+from google.genai import errors, types
+
+from chat_server.llm import LLMChunk, LLMError, LLMRequest
+from protocol.errors import ErrorCode
+
+_FINISH = {
+    types.FinishReason.STOP: "stop",
+    types.FinishReason.MAX_TOKENS: "length",
+    types.FinishReason.SAFETY: "safety",
+    types.FinishReason.RECITATION: "safety",
+    types.FinishReason.BLOCKLIST: "safety",
+    types.FinishReason.PROHIBITED_CONTENT: "safety",
+    types.FinishReason.SPII: "safety",
+}
+
+
+class GeminiProvider:
+    def __init__(self, *, api_key: str, base_url: str | None, attempts: int) -> None:
+        retry = (
+            types.HttpRetryOptions(attempts=attempts, http_status_codes=[429, 500, 502, 503, 504])
+            if attempts > 1
+            else None
+        )
+        self._client = genai.Client(
+            api_key=api_key,
+            http_options=types.HttpOptions(base_url=base_url, retry_options=retry),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
+        contents: list[types.ContentUnion] = [
+            types.Content(role=turn.role, parts=[types.Part(text=turn.text)])
+            for turn in request.history
+        ]
+        config = types.GenerateContentConfig(
+            system_instruction=request.system_prompt or None,
+            max_output_tokens=request.max_output_tokens,
+        )
+        try:
+            response = await self._client.aio.models.generate_content_stream(
+                model=request.model, contents=contents, config=config
+            )
+            async for chunk in response:
+                yield _convert(chunk)
+        except errors.APIError as exc:
+            raise _api_error(exc) from exc
+        except httpx.HTTPError as exc:  # connection refused, reset, or the stream cut
+            raise LLMError(ErrorCode.LLM_UNAVAILABLE, f"model connection failed: {exc!r}") from exc
+
+
+def _convert(chunk: types.GenerateContentResponse) -> LLMChunk:
+    text = ""
+    finish: str | None = None
+    if chunk.candidates:
+        candidate = chunk.candidates[0]
+        if candidate.content and candidate.content.parts:
+            text = "".join(p.text for p in candidate.content.parts if p.text and not p.thought)
+        if candidate.finish_reason is not None:
+            finish = _FINISH.get(candidate.finish_reason, "error")
+    elif chunk.prompt_feedback and chunk.prompt_feedback.block_reason:
+        finish = "safety"
+    # json.loads lets lone surrogates through; they cannot be encoded back to UTF-8.
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    usage = chunk.usage_metadata
+    return LLMChunk(
+        text=text,
+        finish_reason=finish,
+        input_tokens=usage.prompt_token_count if usage else None,
+        output_tokens=usage.candidates_token_count if usage else None,
+    )
+
+
+def _api_error(exc: errors.APIError) -> LLMError:
+    detail = f"model returned {exc.code} {exc.status}: {exc.message}"
+    if exc.code == 429:
+        return LLMError(ErrorCode.LLM_RATE_LIMITED, detail, retry_after_ms=1000)
+    if exc.code is not None and 400 <= exc.code < 500:
+        return LLMError(ErrorCode.LLM_REJECTED, detail)
+    return LLMError(ErrorCode.LLM_UNAVAILABLE, detail)

@@ -1,0 +1,252 @@
+"""A Gemini-wire-compatible server for development, tests and load runs.
+
+Speaks ``POST /{version}/models/{model}:streamGenerateContent?alt=sse`` (and
+``:generateContent``) the way the real API does, so the server reaches it through the
+real google-genai client. It never calls out anywhere.
+
+Pace and failures come from ``SimConfig``; any request can override them with a
+directive in its last user text, e.g. ``[[sim ttft_ms=0 tps=500 fail=cut after=3]]``:
+
+- ``ttft_ms``, ``tps`` (tokens per second), ``chunk`` (tokens per SSE event),
+  ``tokens`` (length of the default reply), ``reply="exact text"``;
+- ``fail=`` ``429`` | ``500`` (HTTP error before streaming), ``cut`` (connection
+  dropped after ``after`` tokens), ``stall`` (stops sending after ``after`` tokens),
+  ``safety`` | ``length`` (finish reason SAFETY / MAX_TOKENS after ``after`` tokens),
+  ``error_chunk`` (an in-stream ``error`` object after ``after`` tokens).
+
+``GET /_sim/requests`` returns the requests received (newest last), so tests can check
+exactly what a model was sent; ``DELETE /_sim/requests`` clears them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import shlex
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+_DIRECTIVE = re.compile(r"\[\[sim\s+(.*?)\]\]", re.S)
+_TOKEN = re.compile(r"\s*\S+")
+_FILLER = [
+    "Here",
+    "is",
+    "a",
+    "considered",
+    "answer,",
+    "with",
+    "the",
+    "details",
+    "that",
+    "matter",
+    "most",
+    "and",
+    "a",
+    "short",
+    "summary",
+    "at",
+    "the",
+    "end",
+    "so",
+    "you",
+    "can",
+    "act",
+    "on",
+    "it",
+    "right",
+    "away",
+    "without",
+    "rereading",
+    "everything.",
+]
+_STALL_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    ttft_s: float = 0.3
+    tokens_per_s: float = 40.0
+    chunk_tokens: int = 1
+    reply_tokens: int = 40
+    reply: str | None = None
+    fail: str | None = None
+    fail_after: int = 5
+
+
+class _Abort(Exception):
+    """Raised inside the SSE body to drop the connection mid-stream (``fail=cut``)."""
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _error(code: int, status: str, message: str) -> Response:
+    return _json({"error": {"code": code, "message": message, "status": status}}, code)
+
+
+def _texts(content: dict[str, Any]) -> str:
+    return "".join(p.get("text", "") for p in content.get("parts", []) if isinstance(p, dict))
+
+
+def _apply_directive(config: SimConfig, text: str) -> SimConfig:
+    match = _DIRECTIVE.search(text)
+    if not match:
+        return config
+    changes: dict[str, Any] = {}
+    for item in shlex.split(match.group(1)):
+        key, _, value = item.partition("=")
+        if key == "ttft_ms":
+            changes["ttft_s"] = float(value) / 1000
+        elif key == "tps":
+            changes["tokens_per_s"] = float(value)
+        elif key == "chunk":
+            changes["chunk_tokens"] = max(1, int(value))
+        elif key == "tokens":
+            changes["reply_tokens"] = int(value)
+        elif key == "reply":
+            changes["reply"] = value
+        elif key == "fail":
+            changes["fail"] = value
+        elif key == "after":
+            changes["fail_after"] = int(value)
+    return replace(config, **changes)
+
+
+def _reply_tokens(config: SimConfig, prompt: str) -> list[str]:
+    if config.reply is not None:
+        return _TOKEN.findall(config.reply)
+    said = _DIRECTIVE.sub("", prompt).strip()[:60]
+    head = _TOKEN.findall(f"You said: {said}." if said else "Hello.")
+    filler = [" " + _FILLER[i % len(_FILLER)] for i in range(max(0, config.reply_tokens))]
+    return (head + filler)[: max(config.reply_tokens, 1)]
+
+
+def _chunk(text: str, finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}}
+    if finish:
+        candidate["finishReason"] = finish
+    body: dict[str, Any] = {"candidates": [candidate], "modelVersion": "simulator"}
+    if usage:
+        body["usageMetadata"] = usage
+    return b"data: " + orjson.dumps(body) + b"\r\n\r\n"
+
+
+def create_simulator(config: SimConfig | None = None) -> Starlette:
+    base = config or SimConfig()
+    received: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+
+    async def models(request: Request) -> Response:
+        model, _, method = request.path_params["rest"].rpartition(":")
+        if method not in ("streamGenerateContent", "generateContent"):
+            return _error(404, "NOT_FOUND", f"method {method!r} is not supported")
+        if not request.headers.get("x-goog-api-key"):
+            return _error(403, "PERMISSION_DENIED", "API key missing")
+        try:
+            body = orjson.loads(await request.body())
+            contents = body["contents"]
+            prompt = _texts(contents[-1])
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
+            return _error(400, "INVALID_ARGUMENT", "request must carry contents")
+        received.append({"model": model, "method": method, "body": body, "at": time.time()})
+        try:
+            cfg = _apply_directive(base, prompt)
+        except ValueError as exc:
+            return _error(400, "INVALID_ARGUMENT", f"bad [[sim]] directive: {exc}")
+        if cfg.fail == "429":
+            return _error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (simulated)")
+        if cfg.fail == "500":
+            return _error(500, "INTERNAL", "Internal error (simulated)")
+        tokens = _reply_tokens(cfg, prompt)
+        limit = (body.get("generationConfig") or {}).get("maxOutputTokens")
+        finish = "STOP"
+        if isinstance(limit, int) and 0 < limit < len(tokens):
+            tokens, finish = tokens[:limit], "MAX_TOKENS"
+        usage = {
+            "promptTokenCount": sum(len(_TOKEN.findall(_texts(c))) for c in contents),
+            "candidatesTokenCount": len(tokens),
+            "totalTokenCount": 0,
+        }
+        usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
+        if method == "generateContent":
+            await asyncio.sleep(cfg.ttft_s)
+            return _json(orjson.loads(_chunk("".join(tokens), finish, usage)[6:]))
+        return StreamingResponse(
+            _stream(cfg, tokens, finish, usage), media_type="text/event-stream"
+        )
+
+    async def requests_log(request: Request) -> Response:
+        if request.method == "DELETE":
+            received.clear()
+        return _json(list(received))
+
+    app = Starlette(
+        routes=[
+            Route("/{version}/models/{rest:path}", models, methods=["POST"]),
+            Route("/_sim/requests", requests_log, methods=["GET", "DELETE"]),
+        ]
+    )
+    app.state.received = received
+    return app
+
+
+async def _stream(
+    cfg: SimConfig, tokens: list[str], finish: str, usage: dict[str, int]
+) -> AsyncIterator[bytes]:
+    await asyncio.sleep(cfg.ttft_s)
+    interval = cfg.chunk_tokens / cfg.tokens_per_s if cfg.tokens_per_s > 0 else 0.0
+    stop_at = min(cfg.fail_after, len(tokens)) if cfg.fail else len(tokens)
+    started = time.monotonic()
+    sent = 0
+    for i in range(0, stop_at, cfg.chunk_tokens):
+        # Pace against the start time so a slow consumer does not slow the clock.
+        delay = started + (i // cfg.chunk_tokens) * interval - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        piece = tokens[i : min(i + cfg.chunk_tokens, stop_at)]
+        sent += len(piece)
+        last = cfg.fail is None and sent >= len(tokens)
+        yield _chunk("".join(piece), finish if last else None, usage if last else None)
+    if cfg.fail is None:
+        if not tokens:
+            yield _chunk("", finish, usage)
+        return
+    if cfg.fail == "cut":
+        raise _Abort("simulated connection cut")
+    if cfg.fail == "stall":
+        await asyncio.sleep(_STALL_S)
+    elif cfg.fail in ("safety", "length"):
+        yield _chunk("", "SAFETY" if cfg.fail == "safety" else "MAX_TOKENS", usage)
+    elif cfg.fail == "error_chunk":
+        error = {"error": {"code": 500, "message": "simulated failure", "status": "INTERNAL"}}
+        yield b"data: " + orjson.dumps(error) + b"\r\n\r\n"
+
+
+def main() -> None:
+    """``python -m chat_server.llm.simulator [--port N] [--ttft-ms N] [--tps N]``."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--ttft-ms", type=float, default=300)
+    parser.add_argument("--tps", type=float, default=40)
+    parser.add_argument("--chunk", type=int, default=1)
+    args = parser.parse_args()
+    config = SimConfig(ttft_s=args.ttft_ms / 1000, tokens_per_s=args.tps, chunk_tokens=args.chunk)
+    uvicorn.run(create_simulator(config), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""One connection: its state, the dispatch of client frames, and its bounded outbox.
+
+A session never blocks the hub: ``deliver`` only appends to the outbox, which one
+writer task drains. Deltas of one reply that queue up behind a slow socket merge into
+one frame; a client that still falls ``outbox_frames`` behind is closed with 4000
+("slow consumer, resume"). The session never touches Starlette: ``ws.py`` hands it a
+``Transport``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat_server.auth import Authenticator
+from chat_server.config import Settings
+from chat_server.hub import Event, Hub
+from chat_server.storage import queries
+from chat_server.turns import Turns, message_info
+from protocol import decode_client, encode
+from protocol.errors import RETRYABLE, CloseCode, Disconnect, ErrorCode, ErrorReply
+from protocol.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Cancel,
+    ClientMessage,
+    ConversationInfo,
+    Delta,
+    Error,
+    Hello,
+    History,
+    HistoryPage,
+    Input,
+    InputEvent,
+    Join,
+    Joined,
+    Leave,
+    Left,
+    Limits,
+    Message,
+    Ping,
+    Pong,
+    Send,
+    Typing,
+    TypingEvent,
+    Welcome,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_JOINED = 64  # conversations one connection may join at once
+
+
+class Transport(Protocol):
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The shared parts every session uses, wired once in ``create_app``."""
+
+    settings: Settings
+    db: async_sessionmaker[AsyncSession]
+    hub: Hub
+    turns: Turns
+    auth: Authenticator
+
+
+class SessionState(enum.Enum):
+    AWAITING_HELLO = "awaiting_hello"
+    READY = "ready"
+    CLOSING = "closing"
+
+
+@dataclass(eq=False)
+class _Joined:
+    # Live events that arrive while the join replays from Postgres; None once live.
+    buffer: list[Event] | None = field(default_factory=list)
+
+
+class Session:
+    def __init__(self, runtime: Runtime, transport: Transport) -> None:
+        self.id = uuid.uuid4().hex
+        self.state = SessionState.AWAITING_HELLO
+        self.user_id: uuid.UUID | None = None
+        self.subject = ""
+        self._rt = runtime
+        self._transport = transport
+        self._outbox: collections.deque[Event] = collections.deque()
+        self._wake = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+        self._joined: dict[uuid.UUID, _Joined] = {}
+        self._offsets: dict[uuid.UUID, int] = {}  # turn_id → reply chars already queued
+
+    # ------------------------------------------------------------------ inbound
+
+    async def handle(self, data: str | bytes) -> None:
+        """Handle one client frame. Raises ``Disconnect`` when the connection must end."""
+        request_id: str | None = None
+        try:
+            message = decode_client(data)
+            request_id = getattr(message, "id", None)
+            await self._dispatch(message)
+        except ErrorReply as exc:
+            self.reply(
+                Error(
+                    id=exc.request_id or request_id,
+                    code=exc.code,
+                    message=exc.message,
+                    retryable=RETRYABLE[exc.code],
+                    retry_after_ms=exc.retry_after_ms,
+                )
+            )
+        except Disconnect:
+            raise
+        except Exception:
+            log.exception("session %s: frame failed", self.id)
+            self.reply(
+                Error(
+                    id=request_id, code=ErrorCode.INTERNAL, message="internal error", retryable=True
+                )
+            )
+
+    def _expect(self, state: SessionState) -> None:
+        if self.state is not state:
+            raise RuntimeError(f"session {self.id}: expected {state.name}, got {self.state.name}")
+
+    async def _dispatch(self, message: ClientMessage) -> None:
+        if self.state is SessionState.AWAITING_HELLO:
+            if not isinstance(message, Hello):
+                raise ErrorReply(ErrorCode.HELLO_REQUIRED, "the first frame must be hello")
+            await self._hello(message)
+            return
+        if self.state is SessionState.CLOSING:
+            return
+        match message:
+            case Hello():
+                raise ErrorReply(ErrorCode.ALREADY_HELLO, "hello was already received")
+            case Join():
+                await self._join(message)
+            case Send():
+                await self._send(
+                    message.id, message.conversation_id, message.text, message.assistant_id
+                )
+            case Input():
+                await self._input(message)
+            case Cancel():
+                self._require_joined(message.conversation_id)
+                self._rt.turns.cancel(message.conversation_id, message.turn_id, message.heard_chars)
+            case History():
+                await self._history(message)
+            case Leave():
+                await self._leave(message.conversation_id)
+                self.reply(Left(id=message.id, conversation_id=message.conversation_id))
+            case Typing():
+                self._require_joined(message.conversation_id)
+                await self._rt.hub.publish(
+                    TypingEvent(
+                        conversation_id=message.conversation_id,
+                        user_id=self.subject,
+                        session_id=self.id,
+                        active=message.active,
+                    ),
+                    exclude=self.id,
+                )
+            case Ping():
+                self.reply(Pong(id=message.id))
+
+    async def _hello(self, hello: Hello) -> None:
+        self._expect(SessionState.AWAITING_HELLO)
+        if hello.protocol != PROTOCOL_VERSION:
+            raise Disconnect(
+                CloseCode.PROTOCOL_VIOLATION,
+                f"protocol {hello.protocol} is not supported; this server speaks "
+                f"{PROTOCOL_VERSION}",
+            )
+        self.subject = self._rt.auth.subject(hello.token)
+        async with self._rt.db.begin() as s:
+            user = await queries.ensure_user(
+                s, self.subject, default_model=self._rt.settings.gemini_model
+            )
+        self.user_id = user.id
+        self.state = SessionState.READY
+        settings = self._rt.settings
+        self.reply(
+            Welcome(
+                id=hello.id,
+                session_id=self.id,
+                node=settings.node_id,
+                user_id=self.subject,
+                heartbeat_ms=settings.heartbeat_ms,
+                limits=Limits(
+                    max_frame_bytes=settings.max_frame_bytes,
+                    max_text_chars=settings.max_text_chars,
+                    outbox_frames=settings.outbox_frames,
+                ),
+            )
+        )
+
+    @property
+    def _owner(self) -> uuid.UUID:
+        assert self.user_id is not None, "only READY sessions dispatch"
+        return self.user_id
+
+    def _require_joined(self, conversation_id: uuid.UUID) -> None:
+        if conversation_id not in self._joined:
+            raise ErrorReply(ErrorCode.NOT_JOINED, f"join conversation {conversation_id} first")
+
+    async def _join(self, join: Join) -> None:
+        if (join.conversation_id is None) == (join.create is None):
+            raise ErrorReply(
+                ErrorCode.BAD_MESSAGE, "join needs exactly one of conversation_id, create"
+            )
+        if join.conversation_id not in self._joined and len(self._joined) >= MAX_JOINED:
+            raise ErrorReply(
+                ErrorCode.BAD_MESSAGE, f"at most {MAX_JOINED} conversations per connection"
+            )
+        if join.create is not None:
+            async with self._rt.db.begin() as s:
+                assistant_id = join.create.assistant_id
+                if assistant_id is not None:
+                    if await queries.get_assistant(s, self._owner, assistant_id) is None:
+                        raise ErrorReply(ErrorCode.NOT_FOUND, f"assistant {assistant_id} not found")
+                else:
+                    first = await queries.first_assistant(s, self._owner)
+                    assistant_id = first.id if first else None
+                created = await queries.create_conversation(
+                    s, self._owner, title=join.create.title, default_assistant_id=assistant_id
+                )
+            conversation_id = created.id
+        else:
+            assert join.conversation_id is not None
+            conversation_id = join.conversation_id
+            async with self._rt.db.begin() as s:
+                if await queries.get_conversation(s, self._owner, conversation_id) is None:
+                    raise ErrorReply(
+                        ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found"
+                    )
+        await self._leave(conversation_id)  # a repeated join starts over
+        state = self._joined[conversation_id] = _Joined()
+        await self._rt.hub.join(conversation_id, self)
+        try:
+            await self._replay(join, conversation_id, state)
+        finally:
+            state.buffer = None
+
+    async def _replay(self, join: Join, conversation_id: uuid.UUID, state: _Joined) -> None:
+        """Send joined, the stored events after ``after_seq``, the replies still streaming,
+        then the live events that arrived meanwhile, each exactly once."""
+        limit = self._rt.settings.replay_limit
+        async with self._rt.db.begin() as s:
+            conversation = await queries.get_conversation(s, self._owner, conversation_id)
+            if conversation is None:  # deleted between the check and now
+                raise ErrorReply(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
+            rows = (
+                await queries.messages_after(s, conversation_id, join.after_seq, limit + 1)
+                if join.after_seq is not None
+                else []
+            )
+        recovered = join.after_seq is not None and len(rows) <= limit
+        self.reply(
+            Joined(
+                id=join.id,
+                conversation=ConversationInfo(
+                    id=conversation.id,
+                    title=conversation.title,
+                    assistant_id=conversation.default_assistant_id,
+                    last_seq=conversation.last_seq,
+                ),
+                last_seq=conversation.last_seq,
+                recovered=recovered,
+            )
+        )
+        # Sent complete here, so their live events are stale: by seq, and replies by id.
+        done: set[int] = set()
+        done_turns: set[uuid.UUID] = set()
+        if recovered:
+            for row in rows:
+                if row.status != "streaming":
+                    done.add(row.seq)
+                    done_turns.add(row.id)
+                    self._enqueue(
+                        Event.reply(
+                            Message(
+                                conversation_id=conversation_id,
+                                seq=row.seq,
+                                message=message_info(row),
+                            )
+                        )
+                    )
+        started: set[uuid.UUID] = set()
+        for turn in self._rt.turns.active_in(conversation_id):
+            if turn.start.seq in done:
+                continue
+            started.add(turn.turn_id)
+            self._accept(Event.of(turn.start))
+            if turn.text:
+                self._accept(
+                    Event.of(
+                        Delta(
+                            conversation_id=conversation_id,
+                            turn_id=turn.turn_id,
+                            offset=0,
+                            text=turn.text,
+                        )
+                    )
+                )
+        for event in state.buffer or ():
+            if (event.seq and event.seq in done) or event.turn_id in done_turns:
+                continue
+            if event.kind == "turn_start" and event.turn_id in started:
+                continue
+            self._accept(event)
+
+    async def _leave(self, conversation_id: uuid.UUID) -> None:
+        if self._joined.pop(conversation_id, None) is not None:
+            await self._rt.hub.leave(conversation_id, self)
+
+    async def _send(
+        self, client_id: str, conversation_id: uuid.UUID, text: str, assistant_id: uuid.UUID | None
+    ) -> None:
+        self._require_joined(conversation_id)
+        stored, turn = await self._rt.turns.store(
+            owner_id=self._owner,
+            conversation_id=conversation_id,
+            client_id=client_id,
+            text=text,
+            assistant_id=assistant_id,
+        )
+        self.reply(
+            Ack(
+                id=client_id,
+                message_id=stored.user_message.id,
+                seq=stored.user_message.seq,
+                duplicate=stored.duplicate,
+            )
+        )
+        if turn is not None:
+            await self._rt.turns.start(stored, turn)
+
+    async def _input(self, message: Input) -> None:
+        self._require_joined(message.conversation_id)
+        await self._rt.hub.publish(
+            InputEvent(
+                conversation_id=message.conversation_id,
+                input_id=message.input_id,
+                text=message.text,
+                final=message.final,
+                user_id=self.subject,
+            ),
+            exclude=self.id,
+        )
+        if message.final:
+            await self._send(message.input_id, message.conversation_id, message.text, None)
+
+    async def _history(self, message: History) -> None:
+        async with self._rt.db.begin() as s:
+            if await queries.get_conversation(s, self._owner, message.conversation_id) is None:
+                raise ErrorReply(
+                    ErrorCode.NOT_FOUND, f"conversation {message.conversation_id} not found"
+                )
+            rows, has_more = await queries.history_page(
+                s, message.conversation_id, before_seq=message.before_seq, limit=message.limit
+            )
+        self.reply(
+            HistoryPage(
+                id=message.id,
+                conversation_id=message.conversation_id,
+                messages=[message_info(r) for r in rows],
+                has_more=has_more,
+            )
+        )
+
+    # ------------------------------------------------------------------ outbound
+
+    def reply(self, message: msgspec.Struct) -> None:
+        """A frame for this session only."""
+        self._enqueue(Event.reply(message))
+
+    def deliver(self, event: Event) -> None:
+        """Called by the hub for every event of a joined conversation; never blocks."""
+        if self.state is not SessionState.READY or event.conversation_id is None:
+            return
+        joined = self._joined.get(event.conversation_id)
+        if joined is None:
+            return
+        if joined.buffer is not None:
+            if len(joined.buffer) >= self._rt.settings.outbox_frames:
+                self.request_close(CloseCode.SLOW_CONSUMER, "too many events during join")
+                return
+            joined.buffer.append(event)
+            return
+        self._accept(event)
+
+    def _accept(self, event: Event) -> None:
+        """Order-aware intake of a conversation event: deltas are trimmed to the text
+        this session has not queued yet, so none is sent twice."""
+        turn_id = event.turn_id
+        if event.kind == "delta" and turn_id is not None:
+            have = self._offsets.get(turn_id, 0)
+            end = event.offset + len(event.text)
+            if end <= have:
+                return
+            if event.offset < have:
+                event = _delta_event(event, have, event.text[have - event.offset :])
+            self._offsets[turn_id] = end
+        elif event.kind == "turn_start" and event.turn_id is not None:
+            self._offsets.setdefault(event.turn_id, 0)
+        elif event.kind == "turn_end" and event.turn_id is not None:
+            self._offsets.pop(event.turn_id, None)
+        self._enqueue(event)
+
+    def _enqueue(self, event: Event) -> None:
+        if self._close is not None:
+            return
+        if event.kind == "delta" and self._outbox:
+            last = self._outbox[-1]
+            if (
+                last.kind == "delta"
+                and last.turn_id == event.turn_id
+                and last.offset + len(last.text) == event.offset
+            ):
+                # Behind on this reply already: one frame for both, encoded when sent.
+                self._outbox[-1] = _delta_event(last, last.offset, last.text + event.text, "")
+                return
+        if len(self._outbox) >= self._rt.settings.outbox_frames:
+            self.request_close(CloseCode.SLOW_CONSUMER, "client is not reading fast enough")
+            return
+        self._outbox.append(event)
+        self._wake.set()
+
+    def request_close(self, code: CloseCode, reason: str, *, flush: bool = False) -> None:
+        """Close after the frames already queued (``flush``) or right away."""
+        if self._close is not None:
+            return
+        if not flush:
+            self._outbox.clear()
+        self.state = SessionState.CLOSING
+        self._close = (code.value, reason.encode()[:123].decode(errors="ignore"))
+        self._wake.set()
+
+    async def run_writer(self) -> None:
+        """The only task that writes to the socket; returns after closing it."""
+        while True:
+            while self._outbox:
+                event = self._outbox.popleft()
+                if not event.frame:
+                    event.frame = encode(_delta(event)).decode()
+                await self._transport.send_text(event.frame)
+            if self._close is not None:
+                await self._transport.close(*self._close)
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def cleanup(self) -> None:
+        self.state = SessionState.CLOSING
+        for conversation_id in list(self._joined):
+            await self._leave(conversation_id)
+
+
+def _delta(event: Event) -> Delta:
+    assert event.conversation_id is not None
+    assert event.turn_id is not None
+    return Delta(
+        conversation_id=event.conversation_id,
+        turn_id=event.turn_id,
+        offset=event.offset,
+        text=event.text,
+    )
+
+
+def _delta_event(event: Event, offset: int, text: str, frame: str | None = None) -> Event:
+    new = msgspec.structs.replace(event, offset=offset, text=text, frame="")
+    new.frame = encode(_delta(new)).decode() if frame is None else frame
+    return new

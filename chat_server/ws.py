@@ -1,0 +1,77 @@
+"""The WebSocket route: origin check, accept, then receive → Session.handle, until close.
+
+Auth happens in the first frame (``hello``), so no token ever appears in a URL or an
+access log. Everything written to the socket goes through the session's writer task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from chat_server.config import Settings
+from chat_server.session import Runtime, Session, SessionState
+from protocol.errors import CloseCode, Disconnect
+
+log = logging.getLogger(__name__)
+
+
+class _StarletteTransport:
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+
+    async def send_text(self, data: str) -> None:
+        await self._ws.send_text(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code, reason)
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    runtime: Runtime = websocket.app.state.runtime
+    settings = runtime.settings
+    origin = websocket.headers.get("origin")
+    if settings.allowed_origins and origin not in settings.allowed_origins:
+        # Closing before accept() answers the upgrade with HTTP 403.
+        await websocket.close(CloseCode.POLICY_VIOLATION)
+        return
+    await websocket.accept()
+    session = Session(runtime, _StarletteTransport(websocket))
+    writer = asyncio.create_task(session.run_writer(), name=f"writer-{session.id}")
+    try:
+        await _receive_loop(websocket, session, writer, settings)
+    except Disconnect as exc:
+        session.request_close(exc.close_code, exc.reason, flush=True)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await session.cleanup()
+        session.request_close(CloseCode.NORMAL, "", flush=True)  # no-op if already closing
+        # The writer closes the socket; a client that stopped reading cannot hold us.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, timeout=5)
+        writer.cancel()
+
+
+async def _receive_loop(
+    websocket: WebSocket, session: Session, writer: asyncio.Task[None], settings: Settings
+) -> None:
+    idle_s = 2 * settings.heartbeat_ms / 1000
+    while not writer.done():
+        waiting_hello = session.state is SessionState.AWAITING_HELLO
+        try:
+            async with asyncio.timeout(settings.hello_timeout_s if waiting_hello else idle_s):
+                message = await websocket.receive()
+        except TimeoutError:
+            if waiting_hello:
+                raise Disconnect(CloseCode.HELLO_TIMEOUT, "no hello in time") from None
+            raise Disconnect(CloseCode.IDLE_TIMEOUT, "no frame for two heartbeats") from None
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        await session.handle(data)
