@@ -303,6 +303,12 @@ class Turns:
                         )
                     )
                 if chunk.finish_reason is not None:
+                    # Let the upstream response end on its own so its connection is
+                    # released in this task, not finalized later by the garbage collector.
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(1.0):
+                            async for _ in stream:
+                                pass
                     return FinishReason(chunk.finish_reason), usage
         finally:
             with contextlib.suppress(Exception):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 from google import genai
 from google.genai import errors, types
 
@@ -54,7 +53,9 @@ class GeminiProvider:
                 yield _convert(chunk)
         except errors.APIError as exc:
             raise _api_error(exc) from exc
-        except httpx.HTTPError as exc:  # connection refused, reset, or the stream cut
+        except Exception as exc:
+            # Connection refused/reset or a cut stream. The SDK may run on httpx or httpx2
+            # (GOOGLE_GENAI_HTTP_CLIENT), so transport errors have no single base class.
             raise LLMError(ErrorCode.LLM_UNAVAILABLE, f"model connection failed: {exc!r}") from exc
 
 

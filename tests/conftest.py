@@ -1,0 +1,109 @@
+"""Shared fixtures: real Postgres (+pgvector), the Gemini simulator, real servers.
+
+Postgres is the embedded one (pgserver, in a temporary folder) unless
+``TEST_DATABASE_URL`` names a server; migrations run once per test session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+from chat_server.app import create_app
+from chat_server.config import Secret, Settings
+from chat_server.llm.simulator import SimConfig, create_simulator
+from chat_server.storage import embedded, migrate
+from chat_server.storage.db import async_url
+from tests.servers import RunningServer, serve
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        migrate.upgrade(url)
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="chat-test-pg-") as tmp:
+        url, server = embedded.start(Path(tmp) / "pg", keep_running=False)
+        try:
+            migrate.upgrade(url)
+            yield url
+        finally:
+            server.cleanup()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(async_url(database_url), poolclass=NullPool)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def db(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[RunningServer]:
+    """A fast simulator: 20 ms to first token, 400 tokens/s, 40-token replies."""
+    running = serve(create_simulator(SimConfig(ttft_s=0.02, tokens_per_s=400)))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def sim_requests(simulator: RunningServer) -> Callable[[], list[dict[str, Any]]]:
+    """What the simulator received, newest last (cleared at the start of the test)."""
+    httpx.delete(f"{simulator.http}/_sim/requests")
+    return lambda: list(httpx.get(f"{simulator.http}/_sim/requests").json())
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str, simulator: RunningServer) -> Settings:
+    return Settings(
+        database_url=Secret(database_url),
+        gemini_base_url=simulator.http,
+        gemini_attempts=1,
+        node_id="test-node",
+        llm_stall_s=5.0,
+    )
+
+
+@pytest.fixture
+def start_server(base_settings: Settings) -> Iterator[Callable[..., RunningServer]]:
+    """Start a server with some settings changed: ``start_server(outbox_frames=8)``."""
+    started: list[RunningServer] = []
+
+    def start(**changes: Any) -> RunningServer:
+        settings = dataclasses.replace(base_settings, **changes)
+        running = serve(create_app(settings), max_size=settings.max_frame_bytes)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def server(base_settings: Settings) -> Iterator[RunningServer]:
+    """The shared default server; tests isolate themselves with fresh user ids."""
+    running = serve(create_app(base_settings), max_size=base_settings.max_frame_bytes)
+    yield running
+    running.stop()

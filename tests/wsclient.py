@@ -1,0 +1,108 @@
+"""A test client speaking protocol/ over a real WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, TypeVar
+
+import orjson
+import websockets
+
+from protocol import decode_server, encode
+from protocol.messages import (
+    ClientMessage,
+    Delta,
+    Hello,
+    Join,
+    Joined,
+    ServerMessage,
+    TurnEnd,
+    Welcome,
+)
+
+T = TypeVar("T")
+
+
+class Client:
+    def __init__(self, ws: websockets.ClientConnection) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs: Any) -> Client:
+        return cls(await websockets.connect(url, open_timeout=10, **kwargs))
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+    async def send(self, message: ClientMessage) -> None:
+        await self.ws.send(encode(message).decode())
+
+    async def send_raw(self, data: str | bytes | dict[str, Any]) -> None:
+        await self.ws.send(orjson.dumps(data).decode() if isinstance(data, dict) else data)
+
+    async def recv(self, timeout: float = 10) -> ServerMessage:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        return decode_server(raw)
+
+    async def expect(self, kind: type[T], timeout: float = 10) -> T:
+        message = await self.recv(timeout)
+        assert isinstance(message, kind), f"expected {kind.__name__}, got {message!r}"
+        return message
+
+    async def until(self, kind: type[T], timeout: float = 15) -> tuple[T, list[ServerMessage]]:
+        """Read until a ``kind`` frame; return it and every frame before it."""
+        seen: list[ServerMessage] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.recv(timeout)
+                if isinstance(message, kind):
+                    return message, seen
+                seen.append(message)
+
+    async def hello(self, user: str | None = None, token: str | None = None) -> Welcome:
+        await self.send(Hello(token=token if token is not None else user or new_user()))
+        return await self.expect(Welcome)
+
+    async def create(self, **create: Any) -> uuid.UUID:
+        from protocol.messages import ConversationCreate
+
+        await self.send(Join(create=ConversationCreate(**create)))
+        joined = await self.expect(Joined)
+        return joined.conversation.id
+
+    async def closed_with(self, timeout: float = 10) -> int:
+        """Wait for the server to close; return its close code."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self.ws.recv()
+        except websockets.ConnectionClosed as exc:
+            assert exc.rcvd is not None, "connection dropped without a close frame"
+            return exc.rcvd.code
+        raise AssertionError("unreachable")
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}"
+
+
+def reply_text(frames: list[ServerMessage], turn_id: uuid.UUID) -> str:
+    """Reassemble a reply from deltas, using offsets, checking for gaps and overlaps."""
+    text = ""
+    for frame in frames:
+        if isinstance(frame, Delta) and frame.turn_id == turn_id:
+            assert frame.offset == len(text), f"delta at {frame.offset}, have {len(text)}"
+            text += frame.text
+    return text
+
+
+def directive(**kw: Any) -> str:
+    """A ``[[sim ...]]`` directive for the simulator."""
+    return "[[sim " + " ".join(f"{k}={v}" for k, v in kw.items()) + "]]"
+
+
+def turn_end(frames: list[ServerMessage]) -> TurnEnd:
+    ends = [f for f in frames if isinstance(f, TurnEnd)]
+    assert ends, "no turn_end"
+    return ends[-1]
