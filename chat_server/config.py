@@ -82,6 +82,9 @@ class Settings:
                 raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
             return float(value) if kind is float else int(value)
 
+        jwt_secret = secret("JWT_SECRET")
+        if jwt_secret is not None and len(jwt_secret.value.encode()) < 32:
+            raise ConfigError("JWT_SECRET must be at least 32 bytes (RFC 7518 section 3.2)")
         return cls(
             host=env.get("HOST", d.host),
             port=int(num("PORT", d.port, minimum=0)),
@@ -94,7 +97,7 @@ class Settings:
             llm_stall_s=num("LLM_STALL_S", d.llm_stall_s, float),
             max_output_tokens=int(num("MAX_OUTPUT_TOKENS", d.max_output_tokens)),
             history_messages=int(num("HISTORY_MESSAGES", d.history_messages)),
-            jwt_secret=secret("JWT_SECRET"),
+            jwt_secret=jwt_secret,
             allowed_origins=tuple(
                 o.strip() for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip()
             ),

@@ -92,7 +92,8 @@ def start_server(base_settings: Settings) -> Iterator[Callable[..., RunningServe
 
     def start(**changes: Any) -> RunningServer:
         settings = dataclasses.replace(base_settings, **changes)
-        running = serve(create_app(settings), max_size=settings.max_frame_bytes)
+        port = settings.port if "port" in changes else None
+        running = serve(create_app(settings), port=port, max_size=settings.max_frame_bytes)
         started.append(running)
         return running
 

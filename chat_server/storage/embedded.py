@@ -25,3 +25,21 @@ def start(datadir: Path, *, keep_running: bool = True) -> tuple[str, Any]:
         datadir, cleanup_mode=None if keep_running else "stop"
     )
     return str(server.get_uri()), server
+
+
+def stop(datadir: Path, timeout_s: float = 30.0) -> bool:
+    """Fast-shutdown a Postgres left running in ``datadir``; False if none was running."""
+    import os
+    import signal
+    import time
+
+    pid_file = datadir / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGINT)  # SIGINT = "fast" shutdown: roll back, then exit
+    except (FileNotFoundError, IndexError, ValueError, ProcessLookupError):
+        return False
+    deadline = time.monotonic() + timeout_s
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return True

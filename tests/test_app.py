@@ -1,0 +1,134 @@
+"""app.py / http.py: wiring, health and readiness, the built-in simulator, restarts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat_server.storage import queries
+from chat_server.storage.models import Assistant
+from chat_server.storage.models import Message as MessageRow
+from protocol.messages import (
+    Ack,
+    Error,
+    Join,
+    Joined,
+    Message,
+    Send,
+    TurnEnd,
+    TurnStart,
+)
+from tests.servers import RunningServer, free_port
+from tests.wsclient import Client, new_user
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_health_ready_and_protocol_spec(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        health = await http.get("/health")
+        assert health.json() == {"status": "ok", "node": "test-node"}
+        ready = await http.get("/ready")
+        assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+        spec = (await http.get("/protocol.json")).json()
+        assert "send" in spec["x-client-to-server"]["discriminator"]["mapping"]
+        assert spec["x-close-codes"]["4000"]["reconnect"] is True
+
+
+async def test_without_api_key_replies_come_from_the_built_in_simulator(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    port = free_port()
+    server = start_server(port=port, gemini_base_url=None, sim_ttft_ms=0, sim_tokens_per_s=500)
+    client = await Client.connect(server.ws)
+    await client.hello(new_user())
+    cid = await client.create()
+    await client.send(Send(id="1", conversation_id=cid, text="ping the simulator"))
+    await client.expect(Ack)
+    end, _ = await client.until(TurnEnd)
+    assert end.finish_reason == "stop", end.error
+    assert end.message.text.startswith("You said: ping the simulator.")
+    async with httpx.AsyncClient() as http:
+        log = (await http.get(f"{server.http}/_sim/gemini/_sim/requests")).json()
+    assert any("ping the simulator" in str(r["body"]) for r in log)
+    await client.close()
+
+
+async def test_replies_left_streaming_by_a_previous_run_end_as_errors_at_start(
+    start_server: Callable[..., RunningServer], db: async_sessionmaker[AsyncSession]
+) -> None:
+    user = new_user()
+    async with db.begin() as s:
+        owner = await queries.ensure_user(s, user, default_model="m")
+        assistant = await queries.first_assistant(s, owner.id)
+        assert assistant is not None
+        conversation = await queries.create_conversation(
+            s, owner.id, title=None, default_assistant_id=assistant.id
+        )
+        stored = await queries.store_turn(
+            s, conversation.id, client_id="c", text="hi", assistant_id=assistant.id, reply_meta={}
+        )
+        assert stored.reply is not None
+        await s.flush()
+        stored.reply.text = "half a rep"
+    server = start_server()  # its startup finds the orphan
+    client = await Client.connect(server.ws)
+    await client.hello(user)
+    await client.send(Join(conversation_id=conversation.id, after_seq=0))
+    await client.expect(Joined)
+    user_msg, reply = await client.expect(Message), await client.expect(Message)
+    assert user_msg.message.text == "hi"
+    assert (reply.message.status, reply.message.text) == ("error", "half a rep")
+    assert reply.message.finish_reason == "error"
+    async with db() as s:
+        row = await s.get(MessageRow, stored.reply.id)
+        assert row is not None
+        assert row.status == "error"
+    await client.close()
+
+
+async def test_conversation_created_with_a_named_assistant_routes_to_it(
+    server: RunningServer, db: async_sessionmaker[AsyncSession]
+) -> None:
+    user = new_user()
+    client = await Client.connect(server.ws)
+    await client.hello(user)
+    async with db.begin() as s:
+        owner = await queries.ensure_user(s, user, default_model="m")
+        writer = Assistant(
+            owner_id=owner.id,
+            name="Writer",
+            description="drafts",
+            system_prompt="You write crisp prose.",
+            default_model="gemini-writer",
+        )
+        s.add(writer)
+        await s.flush()
+        writer_id = writer.id
+    cid = await client.create(assistant_id=writer_id)
+    await client.send(Send(id="w", conversation_id=cid, text="draft a note"))
+    await client.expect(Ack)
+    end, frames = await client.until(TurnEnd)
+    start = next(f for f in frames if isinstance(f, TurnStart))
+    assert (start.assistant.name, start.model, start.route.reason) == (
+        "Writer",
+        "gemini-writer",
+        "default",
+    )
+    assert end.message.assistant_id == writer_id
+    assert end.message.model == "gemini-writer"
+    await client.send(Join(id="bad", create=None, conversation_id=None))
+    assert (await client.expect(Error)).code == "bad_message"
+    await client.send(
+        Join(
+            create=__import__("protocol.messages").messages.ConversationCreate(
+                assistant_id=uuid.uuid4()
+            )
+        )
+    )
+    assert (await client.expect(Error)).code == "not_found"
+    await client.close()

@@ -1,0 +1,122 @@
+"""The session's outbox: bounded, coalescing deltas under pressure, trimming overlaps."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from chat_server.config import Settings
+from chat_server.hub import Event
+from chat_server.session import Runtime, Session, SessionState, _Joined
+from protocol import decode_server
+from protocol.errors import CloseCode
+from protocol.messages import Delta, Message, MessageInfo, MessageStatus, Role
+
+pytestmark = pytest.mark.asyncio
+
+CONV = uuid.uuid4()
+TURN = uuid.uuid4()
+
+
+class GatedTransport:
+    """A client that reads only when the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+        self.closed: tuple[int, str] | None = None
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def send_text(self, data: str) -> None:
+        self.waiting.set()
+        await self.gate.wait()
+        self.frames.append(decode_server(data))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+def ready_session(transport: GatedTransport, outbox_frames: int = 100) -> Session:
+    settings = Settings(outbox_frames=outbox_frames)
+    runtime = Runtime(settings=settings, db=None, hub=None, turns=None, auth=None)  # type: ignore[arg-type]
+    session = Session(runtime, transport)
+    session.state = SessionState.READY
+    session._joined[CONV] = _Joined(buffer=None)
+    return session
+
+
+def delta(offset: int, text: str) -> Event:
+    return Event.of(Delta(conversation_id=CONV, turn_id=TURN, offset=offset, text=text))
+
+
+def message(seq: int) -> Event:
+    info = MessageInfo(
+        id=uuid.uuid4(),
+        seq=seq,
+        role=Role.USER,
+        text="m",
+        status=MessageStatus.COMPLETE,
+        created_at="2026-01-01T00:00:00+00:00",
+    )
+    return Event.of(Message(conversation_id=CONV, seq=seq, message=info))
+
+
+async def test_deltas_queued_behind_a_slow_socket_merge_into_one_frame() -> None:
+    transport = GatedTransport()
+    session = ready_session(transport)
+    writer = asyncio.create_task(session.run_writer())
+    session.deliver(delta(0, "Hel"))
+    await transport.waiting.wait()  # the writer holds the first frame
+    for offset, text in [(3, "lo"), (5, ", "), (7, "wor"), (10, "ld")]:
+        session.deliver(delta(offset, text))
+    assert len(session._outbox) == 1
+    session.request_close(CloseCode.NORMAL, "", flush=True)
+    transport.gate.set()
+    await asyncio.wait_for(writer, 5)
+    assert [(f.offset, f.text) for f in transport.frames] == [(0, "Hel"), (3, "lo, world")]
+    assert transport.closed == (1000, "")
+
+
+async def test_a_client_that_falls_too_far_behind_is_closed_as_slow_consumer() -> None:
+    transport = GatedTransport()
+    session = ready_session(transport, outbox_frames=4)
+    writer = asyncio.create_task(session.run_writer())
+    session.deliver(message(1))
+    await transport.waiting.wait()
+    for seq in range(2, 10):
+        session.deliver(message(seq))
+    assert session.state is SessionState.CLOSING
+    assert not session._outbox, "queued frames are dropped; the client resumes with after_seq"
+    transport.gate.set()
+    await asyncio.wait_for(writer, 5)
+    assert transport.closed is not None
+    assert transport.closed[0] == CloseCode.SLOW_CONSUMER == 4000
+    assert len(transport.frames) == 1
+
+
+async def test_overlapping_deltas_are_trimmed_to_the_new_text() -> None:
+    transport = GatedTransport()
+    transport.gate.set()
+    session = ready_session(transport)
+    writer = asyncio.create_task(session.run_writer())
+    session.deliver(delta(0, "abc"))
+    session.deliver(delta(0, "abc"))  # an exact repeat
+    session.deliver(delta(1, "bcde"))  # overlaps two characters
+    session.request_close(CloseCode.NORMAL, "", flush=True)
+    await asyncio.wait_for(writer, 5)
+    texts = [(f.offset, f.text) for f in transport.frames]
+    assert "".join(t for _, t in texts) == "abcde"
+    offsets = [o for o, _ in texts]
+    assert offsets == [sum(len(t) for _, t in texts[:i]) for i in range(len(texts))]
+
+
+async def test_events_of_conversations_not_joined_are_ignored() -> None:
+    transport = GatedTransport()
+    transport.gate.set()
+    session = ready_session(transport)
+    other = Event.of(Delta(conversation_id=uuid.uuid4(), turn_id=TURN, offset=0, text="x"))
+    session.deliver(other)
+    assert not session._outbox

@@ -1,0 +1,126 @@
+"""storage/: the migration matches the models; seq and idempotency hold under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat_server.storage import migrate, queries
+from chat_server.storage.models import EMBEDDING_DIM, Assistant, Message, Skill
+
+
+def test_migrations_match_the_models(database_url: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(migrate.MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database_url)
+    command.check(config)  # raises if autogenerate would emit any operation
+
+
+async def new_conversation(db: async_sessionmaker[AsyncSession]) -> tuple[uuid.UUID, uuid.UUID]:
+    async with db.begin() as s:
+        user = await queries.ensure_user(s, f"u-{uuid.uuid4()}", default_model="m")
+        assistant = await queries.first_assistant(s, user.id)
+        assert assistant is not None
+        conversation = await queries.create_conversation(
+            s, user.id, title=None, default_assistant_id=assistant.id
+        )
+        return conversation.id, assistant.id
+
+
+async def store(
+    db: async_sessionmaker[AsyncSession], cid: uuid.UUID, aid: uuid.UUID, client_id: str
+) -> queries.StoredTurn:
+    async with db.begin() as s:
+        return await queries.store_turn(
+            s, cid, client_id=client_id, text=client_id, assistant_id=aid, reply_meta={}
+        )
+
+
+@pytest.mark.asyncio
+async def test_new_user_gets_one_default_assistant_even_on_concurrent_first_login(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    subject = f"u-{uuid.uuid4()}"
+
+    async def login() -> uuid.UUID:
+        async with db.begin() as s:
+            return (await queries.ensure_user(s, subject, default_model="m")).id
+
+    ids = await asyncio.gather(*(login() for _ in range(5)))
+    assert len(set(ids)) == 1
+    async with db() as s:
+        names = list(await s.scalars(select(Assistant.name).where(Assistant.owner_id == ids[0])))
+    assert names == [queries.DEFAULT_ASSISTANT_NAME]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_turns_get_distinct_contiguous_seqs(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    cid, aid = await new_conversation(db)
+    turns = await asyncio.gather(*(store(db, cid, aid, f"c{i}") for i in range(10)))
+    seqs = sorted(s for t in turns for s in (t.user_message.seq, t.reply.seq if t.reply else 0))
+    assert seqs == list(range(1, 21))
+    for t in turns:
+        assert t.reply is not None
+        assert t.reply.seq == t.user_message.seq + 1
+        assert t.reply.reply_to == t.user_message.id
+
+
+@pytest.mark.asyncio
+async def test_same_client_id_at_once_stores_one_turn(db: async_sessionmaker[AsyncSession]) -> None:
+    cid, aid = await new_conversation(db)
+    turns = await asyncio.gather(*(store(db, cid, aid, "same") for _ in range(6)))
+    assert sum(not t.duplicate for t in turns) == 1
+    assert len({t.user_message.id for t in turns}) == 1
+    async with db() as s:
+        count = len(list(await s.scalars(select(Message.id).where(Message.conversation_id == cid))))
+    assert count == 2
+
+
+@pytest.mark.asyncio
+async def test_a_reply_is_finished_only_once(db: async_sessionmaker[AsyncSession]) -> None:
+    cid, aid = await new_conversation(db)
+    turn = await store(db, cid, aid, "x")
+    assert turn.reply is not None
+    async with db.begin() as s:
+        first = await queries.finish_reply(
+            s, turn.reply.id, text="done", status="complete", meta={"finish_reason": "stop"}
+        )
+    async with db.begin() as s:
+        second = await queries.finish_reply(s, turn.reply.id, text="late", status="error", meta={})
+    assert first is not None
+    assert (first.text, first.status, first.meta["finish_reason"]) == ("done", "complete", "stop")
+    assert second is None
+
+
+@pytest.mark.asyncio
+async def test_skills_are_searchable_by_cosine_distance(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    _, aid = await new_conversation(db)
+
+    def axis(i: int) -> list[float]:
+        v = [0.0] * EMBEDDING_DIM
+        v[i] = 1.0
+        return v
+
+    async with db.begin() as s:
+        for i, name in enumerate(["calendar", "research", "writing"]):
+            s.add(Skill(assistant_id=aid, name=name, description=name, embedding=axis(i)))
+    query = [0.1] * EMBEDDING_DIM
+    query[1] = 3.0
+    async with db() as s:
+        nearest = await s.scalar(
+            select(Skill.name)
+            .where(Skill.assistant_id == aid)
+            .order_by(Skill.embedding.cosine_distance(query))  # type: ignore[union-attr]
+            .limit(1)
+        )
+    assert nearest == "research"
