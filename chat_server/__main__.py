@@ -1,4 +1,8 @@
-"""``python -m chat_server``: start Postgres if needed, migrate, serve on HOST:PORT."""
+"""``python -m chat_server``: start Postgres if needed, migrate, serve on HOST:PORT.
+
+``python -m chat_server migrate`` only applies the migrations (the one-shot step of a
+deployment). Serving migrates too; an advisory lock makes concurrent starts safe.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from chat_server.storage import embedded, migrate
 log = logging.getLogger("chat_server")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -33,6 +37,14 @@ def main() -> int:
         settings = dataclasses.replace(settings, database_url=Secret(url))
     assert settings.database_url is not None
     migrate.upgrade(settings.database_url.value)
+    if argv[:1] == ["migrate"]:
+        log.info("migrations applied")
+        return 0
+    if argv:
+        print(
+            f"unknown command {argv[0]!r}; usage: python -m chat_server [migrate]", file=sys.stderr
+        )
+        return 2
     if settings.uses_simulator:
         where = settings.gemini_base_url or simulator_url(settings)
         log.warning(
@@ -57,4 +69,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -8,7 +8,7 @@ import asyncio
 import os
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -32,9 +32,15 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+# Replicas that start together each run the migrations; this lock makes them take turns
+# (the first migrates, the others find nothing left to do).
+MIGRATION_LOCK = 0x63686174  # "chat"
+
+
 def do_run_migrations(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata)
     with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         context.run_migrations()
 
 

@@ -18,7 +18,13 @@ def start(datadir: Path, *, keep_running: bool = True) -> tuple[str, Any]:
 
     # platformdirs (used by pgserver) warns when XDG_RUNTIME_DIR is unset, as in CI.
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    import pgserver  # heavy import; only the embedded path pays it
+    try:
+        import pgserver  # heavy import; only the embedded path pays it
+    except ImportError:
+        raise SystemExit(
+            "DATABASE_URL is not set and the embedded Postgres is not installed: "
+            "set DATABASE_URL or `pip install 'chat-server[embedded]'`"
+        ) from None
 
     datadir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(  # type: ignore[attr-defined]
