@@ -20,14 +20,20 @@ from protocol.messages import (
     Error,
     History,
     HistoryPage,
+    Input,
+    InputEvent,
     Join,
     Joined,
+    Leave,
+    Left,
     Message,
     Ping,
     Pong,
     Send,
     TurnEnd,
     TurnStart,
+    Typing,
+    TypingEvent,
 )
 from tests.servers import RunningServer
 from tests.wsclient import Client, directive, new_user, reply_text
@@ -408,3 +414,45 @@ async def test_a_stalled_model_ends_the_turn_with_an_error(
     assert "sent nothing" in end.error.message
     assert end.message.text == reply_text(frames, end.turn_id) != ""
     await client.close()
+
+
+# ------------------------------------------------------------------ relays
+
+
+async def test_partial_input_is_relayed_not_stored_and_final_commits(
+    server: RunningServer, db: async_sessionmaker[AsyncSession]
+) -> None:
+    user = new_user()
+    voice, screen = await device(server, user), await device(server, user)
+    cid = await voice.create()
+    await screen.send(Join(conversation_id=cid))
+    await screen.expect(Joined)
+
+    await voice.send(Typing(conversation_id=cid))
+    typing = await screen.expect(TypingEvent)
+    assert (typing.user_id, typing.active) == (user, True)
+    await voice.send(Input(conversation_id=cid, input_id="utt-1", text="book a"))
+    partial = await screen.expect(InputEvent)
+    assert (partial.input_id, partial.text, partial.final) == ("utt-1", "book a", False)
+    assert await rows(db, cid) == []
+
+    await voice.send(Input(conversation_id=cid, input_id="utt-1", text="book a table", final=True))
+    ack, _ = await voice.until(Ack)
+    assert (ack.id, ack.seq) == ("utt-1", 1)
+    final, _ = await screen.until(InputEvent)
+    assert final.final is True
+    end, _ = await screen.until(TurnEnd)
+    stored = await rows(db, cid)
+    assert [(r.role, r.text) for r in stored] == [
+        ("user", "book a table"),
+        ("assistant", end.message.text),
+    ]
+    await voice.until(TurnEnd)
+
+    await screen.send(Leave(id="bye", conversation_id=cid))
+    assert await screen.expect(Left) == Left(id="bye", conversation_id=cid)
+    await voice.send(Typing(conversation_id=cid))
+    await screen.send(Ping(id="quiet"))
+    assert await screen.expect(Pong) == Pong(id="quiet")  # left: no typing relayed
+    await voice.close()
+    await screen.close()
