@@ -6,17 +6,60 @@ deployment). Serving migrates too; an advisory lock makes concurrent starts safe
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import signal
 import sys
+from types import FrameType
+from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
-from chat_server.app import create_app, simulator_url
+from chat_server.app import create_app, drain, simulator_url
 from chat_server.config import ConfigError, Secret, Settings
 from chat_server.storage import embedded, migrate
 
 log = logging.getLogger("chat_server")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM drains (``app.drain``) before shutting down.
+
+    Plain uvicorn closes every WebSocket with 1012 at once; a drain first sends
+    ``go_away`` and lets running replies finish.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self._app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and not self._draining and self._loop is not None:
+            self._draining = True
+            self._captured_signals.append(sig)
+            self._loop.call_soon_threadsafe(self._start_drain)
+            return
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self) -> None:
+        task = asyncio.ensure_future(self._drain_then_exit())
+        task.add_done_callback(lambda _: None)
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await drain(self._app)
+        except Exception:
+            log.exception("drain failed")
+        finally:
+            self.should_exit = True
 
 
 def main(argv: list[str]) -> int:
@@ -53,8 +96,9 @@ def main(argv: list[str]) -> int:
         )
     if settings.jwt_secret is None:
         log.warning("JWT_SECRET is not set: dev mode, any hello.token is taken as the user id")
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         ws="websockets-sansio",
@@ -65,6 +109,7 @@ def main(argv: list[str]) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
+    DrainingServer(config, app).run()
     return 0
 
 

@@ -1,25 +1,32 @@
 """``create_app(settings)``: wires every part. Nothing is created at import time.
 
 The database must already be migrated (``python -m chat_server`` does it first).
+With ``REDIS_URL`` the bus and the in-flight state live in Redis and replicas share
+every conversation; without it, one node runs with in-memory backends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from chat_server import http
 from chat_server.auth import Authenticator
+from chat_server.bus import Bus
 from chat_server.bus.memory import MemoryBus
 from chat_server.config import Settings
 from chat_server.hub import Hub
+from chat_server.inflight import Inflight
+from chat_server.inflight.memory import MemoryInflight
 from chat_server.llm.gemini import GeminiProvider
 from chat_server.llm.simulator import SimConfig, create_simulator
-from chat_server.session import Runtime
+from chat_server.session import Drain, Runtime
 from chat_server.storage.db import make_engine, make_sessionmaker
 from chat_server.turns import Turns
 from chat_server.ws import websocket_endpoint
@@ -37,6 +44,31 @@ def simulator_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}{SIMULATOR_PATH}"
 
 
+@contextlib.asynccontextmanager
+async def _backends(settings: Settings) -> AsyncIterator[tuple[Bus, Inflight]]:
+    if settings.redis_url is None:
+        yield MemoryBus(), MemoryInflight()
+        return
+    import redis.asyncio as aioredis
+
+    from chat_server.bus.redis import RedisBus
+    from chat_server.inflight.redis import RedisInflight
+
+    client: Any = aioredis.Redis.from_url(
+        settings.redis_url.value, health_check_interval=5, socket_connect_timeout=2
+    )
+    try:
+        yield RedisBus(client), RedisInflight(client, lease_ms=settings.lease_ms)
+    finally:
+        await client.aclose()
+
+
+async def drain(app: Starlette) -> None:
+    """The graceful part of a shutdown; ``__main__`` runs it on the first SIGTERM."""
+    runtime: Runtime = app.state.runtime
+    await runtime.drain.run(runtime.turns, runtime.settings.drain_timeout_s)
+
+
 def create_app(settings: Settings) -> Starlette:
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (start the embedded one first)")
@@ -48,27 +80,42 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = make_engine(database_url)
-        bus = MemoryBus()
-        hub = Hub(bus=bus, node_id=settings.node_id)
-        llm = GeminiProvider(api_key=api_key, base_url=base_url, attempts=settings.gemini_attempts)
-        turns = Turns(db=make_sessionmaker(engine), hub=hub, llm=llm, settings=settings)
-        app.state.runtime = Runtime(
-            settings=settings,
-            db=make_sessionmaker(engine),
-            hub=hub,
-            turns=turns,
-            auth=Authenticator(settings.jwt_secret),
-        )
-        orphans = await turns.finish_orphans()
-        if orphans:
-            log.warning("ended %d replies left streaming by a previous run", orphans)
-        try:
-            yield
-        finally:
-            await turns.shutdown()
-            await llm.aclose()
-            await bus.aclose()
-            await engine.dispose()
+        async with _backends(settings) as (bus, inflight):
+            await bus.start()
+            hub = Hub(bus=bus, node_id=settings.node_id)
+            llm = GeminiProvider(
+                api_key=api_key, base_url=base_url, attempts=settings.gemini_attempts
+            )
+            turns = Turns(
+                db=make_sessionmaker(engine),
+                hub=hub,
+                bus=bus,
+                inflight=inflight,
+                llm=llm,
+                settings=settings,
+            )
+            runtime = Runtime(
+                settings=settings,
+                db=make_sessionmaker(engine),
+                hub=hub,
+                turns=turns,
+                auth=Authenticator(settings.jwt_secret),
+                bus=bus,
+                drain=Drain(),
+            )
+            app.state.runtime = runtime
+            ended = await turns.sweep()
+            if ended:
+                log.warning("ended %d replies whose replica is gone", ended)
+            background = asyncio.create_task(turns.run(), name="turns-liveness")
+            try:
+                yield
+            finally:
+                background.cancel()
+                await turns.shutdown()
+                await llm.aclose()
+                await bus.aclose()
+                await engine.dispose()
 
     routes: list[Route | WebSocketRoute | Mount] = [
         WebSocketRoute("/ws", websocket_endpoint),

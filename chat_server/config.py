@@ -37,6 +37,10 @@ class Settings:
     # DATABASE_URL: postgresql:// URL; unset → embedded Postgres in DATA_DIR/pg.
     database_url: Secret | None = None
     data_dir: Path = Path(".data")  # DATA_DIR
+    # REDIS_URL: redis:// URL shared by replicas; unset → single node, in-memory bus.
+    redis_url: Secret | None = None
+    lease_ms: int = 5000  # LEASE_MS: a generation whose replica stops renewing this long ends
+    drain_timeout_s: float = 60.0  # DRAIN_TIMEOUT_S: SIGTERM waits this long for replies
     # GEMINI_API_KEY: unset → replies come from the built-in Gemini simulator.
     gemini_api_key: Secret | None = None
     # GEMINI_BASE_URL: unset → Google's endpoint with a key, the built-in simulator without.
@@ -90,6 +94,9 @@ class Settings:
             port=int(num("PORT", d.port, minimum=0)),
             database_url=secret("DATABASE_URL"),
             data_dir=Path(env.get("DATA_DIR", str(d.data_dir))),
+            redis_url=secret("REDIS_URL"),
+            lease_ms=int(num("LEASE_MS", d.lease_ms, minimum=100)),
+            drain_timeout_s=num("DRAIN_TIMEOUT_S", d.drain_timeout_s, float, minimum=0),
             gemini_api_key=secret("GEMINI_API_KEY"),
             gemini_base_url=env.get("GEMINI_BASE_URL") or None,
             gemini_model=env.get("GEMINI_MODEL", d.gemini_model),

@@ -17,8 +17,12 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: Postgres answers. 503 while it does not."""
+    """Readiness: not draining, the bus is connected and Postgres answers; else 503."""
     runtime: Runtime = request.app.state.runtime
+    if runtime.drain.draining:
+        return JSONResponse({"status": "draining"}, 503)
+    if not runtime.bus.healthy:
+        return JSONResponse({"status": "unavailable", "reason": "bus disconnected"}, 503)
     try:
         async with runtime.db() as s:
             await s.execute(text("select 1"))

@@ -57,6 +57,8 @@ class Event(msgspec.Struct, kw_only=True):
             event.seq = message.seq
         if isinstance(message, TurnStart | TurnEnd | Delta):
             event.turn_id = message.turn_id
+        elif isinstance(message, Message) and message.message.role == "assistant":
+            event.turn_id = message.message.id  # a stored reply completes its turn
         if isinstance(message, Delta):
             event.offset, event.text = message.offset, message.text
         return event
@@ -72,6 +74,9 @@ class Subscriber(Protocol):
 
     def deliver(self, event: Event) -> None: ...
 
+    def resync(self, conversation_id: uuid.UUID) -> None:
+        """Events may have been lost (bus reconnect): repair from the sources of truth."""
+
 
 _envelope = msgspec.json.Encoder()
 _unenvelope = msgspec.json.Decoder(Event)
@@ -82,6 +87,14 @@ class Hub:
     bus: Bus
     node_id: str
     _local: dict[uuid.UUID, set[Subscriber]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.bus.on_reconnect(self._resync_all)
+
+    def _resync_all(self) -> None:
+        for conversation_id, members in self._local.items():
+            for subscriber in tuple(members):
+                subscriber.resync(conversation_id)
 
     @staticmethod
     def channel(conversation_id: uuid.UUID) -> str:

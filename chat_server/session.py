@@ -1,31 +1,39 @@
 """One connection: its state, the dispatch of client frames, and its bounded outbox.
 
 A session never blocks the hub: ``deliver`` only appends to the outbox, which one
-writer task drains. Deltas of one reply that queue up behind a slow socket merge into
-one frame; a client that still falls ``outbox_frames`` behind is closed with 4000
-("slow consumer, resume"). The session never touches Starlette: ``ws.py`` hands it a
-``Transport``.
+writer task drains. Every conversation event goes through ``_accept``, which sends
+each stored message once (by seq), each reply's text once (by offset), and repairs a
+gap (a delta ahead of what was sent, or events lost while the bus was reconnecting)
+from the shared in-flight state and Postgres. Deltas of one reply that queue up behind a
+slow socket merge into one frame; a client that still falls ``outbox_frames`` behind
+is closed with 4000 ("slow consumer, resume"). The session never touches Starlette:
+``ws.py`` hands it a ``Transport``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import logging
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server.auth import Authenticator
+from chat_server.bus import Bus
 from chat_server.config import Settings
 from chat_server.hub import Event, Hub
+from chat_server.inflight import InflightTurn
 from chat_server.storage import queries
+from chat_server.storage.models import Message as MessageRow
 from chat_server.turns import Turns, message_info
-from protocol import decode_client, encode
+from protocol import decode_client, decode_server, encode
 from protocol.errors import RETRYABLE, CloseCode, Disconnect, ErrorCode, ErrorReply
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -35,6 +43,7 @@ from protocol.messages import (
     ConversationInfo,
     Delta,
     Error,
+    GoAway,
     Hello,
     History,
     HistoryPage,
@@ -49,6 +58,7 @@ from protocol.messages import (
     Ping,
     Pong,
     Send,
+    TurnStart,
     Typing,
     TypingEvent,
     Welcome,
@@ -57,12 +67,46 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 MAX_JOINED = 64  # conversations one connection may join at once
+FINISHED_MEMORY = 256  # recently finished turns remembered, to drop their late events
 
 
 class Transport(Protocol):
     async def send_text(self, data: str) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+
+class Drain:
+    """This replica's live sessions, and the graceful drain run on SIGTERM."""
+
+    def __init__(self) -> None:
+        self.sessions: set[Session] = set()
+        self.draining = False
+        self._empty = asyncio.Event()
+
+    def add(self, session: Session) -> None:
+        self.sessions.add(session)
+        self._empty.clear()
+
+    def remove(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._empty.set()
+
+    async def run(self, turns: Turns, timeout_s: float) -> None:
+        """Fail readiness, tell every client to go away, let running replies finish
+        (clients that moved still get their tokens through the bus), close with 1012."""
+        self.draining = True
+        for session in tuple(self.sessions):
+            session.reply(GoAway(reconnect_after_ms=0))
+        if not await turns.drain(timeout_s):
+            log.warning("drain: replies still running after %ss; they end as errors", timeout_s)
+        for session in tuple(self.sessions):
+            session.request_close(CloseCode.SERVICE_RESTART, "server restarting", flush=True)
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._empty.wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +118,8 @@ class Runtime:
     hub: Hub
     turns: Turns
     auth: Authenticator
+    bus: Bus
+    drain: Drain
 
 
 class SessionState(enum.Enum):
@@ -86,6 +132,18 @@ class SessionState(enum.Enum):
 class _Joined:
     # Live events that arrive while the join replays from Postgres; None once live.
     buffer: list[Event] | None = field(default_factory=list)
+    floor: int = 0  # every seq <= floor is held by the client (or was not asked for)
+    complete: set[int] = field(default_factory=set)  # seqs above floor already sent
+
+    def seen(self, seq: int) -> bool:
+        return seq <= self.floor or seq in self.complete
+
+    def mark(self, seq: int) -> None:
+        if seq > self.floor:
+            self.complete.add(seq)
+            while self.floor + 1 in self.complete:
+                self.floor += 1
+                self.complete.discard(self.floor)
 
 
 class Session:
@@ -101,6 +159,9 @@ class Session:
         self._close: tuple[int, str] | None = None
         self._joined: dict[uuid.UUID, _Joined] = {}
         self._offsets: dict[uuid.UUID, int] = {}  # turn_id → reply chars already queued
+        self._finished: dict[uuid.UUID, None] = {}  # ordered set, FINISHED_MEMORY newest
+        self._repairing: set[uuid.UUID] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ inbound
 
@@ -156,7 +217,9 @@ class Session:
                 await self._input(message)
             case Cancel():
                 self._require_joined(message.conversation_id)
-                self._rt.turns.cancel(message.conversation_id, message.turn_id, message.heard_chars)
+                await self._rt.turns.cancel(
+                    message.conversation_id, message.turn_id, message.heard_chars
+                )
             case History():
                 await self._history(message)
             case Leave():
@@ -256,7 +319,8 @@ class Session:
 
     async def _replay(self, join: Join, conversation_id: uuid.UUID, state: _Joined) -> None:
         """Send joined, the stored events after ``after_seq``, the replies still streaming,
-        then the live events that arrived meanwhile, each exactly once."""
+        then the live events that arrived meanwhile, each exactly once. The hub
+        subscription is live before anything is read, so nothing falls in between."""
         limit = self._rt.settings.replay_limit
         async with self._rt.db.begin() as s:
             conversation = await queries.get_conversation(s, self._owner, conversation_id)
@@ -268,6 +332,10 @@ class Session:
                 else []
             )
         recovered = join.after_seq is not None and len(rows) <= limit
+        # A fresh join (or one that missed too much) starts at the present.
+        state.floor = (
+            join.after_seq if recovered and join.after_seq is not None else conversation.last_seq
+        )
         self.reply(
             Joined(
                 id=join.id,
@@ -281,50 +349,92 @@ class Session:
                 recovered=recovered,
             )
         )
-        # Sent complete here, so their live events are stale: by seq, and replies by id.
-        done: set[int] = set()
-        done_turns: set[uuid.UUID] = set()
         if recovered:
-            for row in rows:
-                if row.status != "streaming":
-                    done.add(row.seq)
-                    done_turns.add(row.id)
-                    self._enqueue(
-                        Event.reply(
-                            Message(
-                                conversation_id=conversation_id,
-                                seq=row.seq,
-                                message=message_info(row),
-                            )
-                        )
-                    )
-        started: set[uuid.UUID] = set()
-        for turn in self._rt.turns.active_in(conversation_id):
-            if turn.start.seq in done:
-                continue
-            started.add(turn.turn_id)
-            self._accept(Event.of(turn.start))
-            if turn.text:
+            self._accept_rows(conversation_id, rows)
+        for turn in await self._running(conversation_id):
+            self._catch_up(turn)
+        for event in state.buffer or ():
+            self._accept(event)
+
+    def _accept_rows(self, conversation_id: uuid.UUID, rows: list[MessageRow]) -> None:
+        for row in rows:
+            if row.status != "streaming":  # streaming ones come from the in-flight state
                 self._accept(
                     Event.of(
-                        Delta(
-                            conversation_id=conversation_id,
-                            turn_id=turn.turn_id,
-                            offset=0,
-                            text=turn.text,
+                        Message(
+                            conversation_id=conversation_id, seq=row.seq, message=message_info(row)
                         )
                     )
                 )
-        for event in state.buffer or ():
-            if (event.seq and event.seq in done) or event.turn_id in done_turns:
-                continue
-            if event.kind == "turn_start" and event.turn_id in started:
-                continue
-            self._accept(event)
+
+    async def _running(self, conversation_id: uuid.UUID) -> list[InflightTurn]:
+        turns = await self._rt.turns.inflight.active(conversation_id)
+        return sorted(turns, key=lambda t: _start(t).seq)
+
+    def _catch_up(self, turn: InflightTurn) -> None:
+        """A reply streaming elsewhere: its turn_start, then its text so far as one delta."""
+        self._accept(Event.of(_start(turn)))
+        if turn.text:
+            self._accept(
+                Event.of(
+                    Delta(
+                        conversation_id=turn.conversation_id,
+                        turn_id=turn.turn_id,
+                        offset=0,
+                        text=turn.text,
+                    )
+                )
+            )
 
     async def _leave(self, conversation_id: uuid.UUID) -> None:
         if self._joined.pop(conversation_id, None) is not None:
             await self._rt.hub.leave(conversation_id, self)
+
+    def resync(self, conversation_id: uuid.UUID) -> None:
+        """Called by the hub after the bus reconnected: events may have been lost."""
+        joined = self._joined.get(conversation_id)
+        if joined is not None and joined.buffer is None and self.state is SessionState.READY:
+            self._spawn(self._resync(conversation_id))
+
+    async def _resync(self, conversation_id: uuid.UUID) -> None:
+        joined = self._joined.get(conversation_id)
+        if joined is None:
+            return
+        limit = self._rt.settings.replay_limit
+        async with self._rt.db.begin() as s:
+            rows = await queries.messages_after(s, conversation_id, joined.floor, limit + 1)
+        if len(rows) > limit:
+            self.request_close(CloseCode.RESUME_REQUIRED, "too many events missed; resume")
+            return
+        self._accept_rows(conversation_id, rows)
+        for turn in await self._running(conversation_id):
+            self._catch_up(turn)
+
+    def _repair(self, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> None:
+        """A delta arrived ahead of the text sent so far: fetch the text it follows."""
+        if turn_id not in self._repairing:
+            self._repairing.add(turn_id)
+            self._spawn(self._repair_turn(conversation_id, turn_id))
+
+    async def _repair_turn(self, conversation_id: uuid.UUID, turn_id: uuid.UUID) -> None:
+        try:
+            turn = await self._rt.turns.inflight.get(turn_id)
+            if turn is not None:
+                self._catch_up(turn)
+            else:  # finished meanwhile: its final text is in Postgres
+                await self._resync(conversation_id)
+        finally:
+            self._repairing.discard(turn_id)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("session %s: repair failed: %r", self.id, task.exception())
 
     async def _send(
         self, client_id: str, conversation_id: uuid.UUID, text: str, assistant_id: uuid.UUID | None
@@ -403,21 +513,41 @@ class Session:
         self._accept(event)
 
     def _accept(self, event: Event) -> None:
-        """Order-aware intake of a conversation event: deltas are trimmed to the text
-        this session has not queued yet, so none is sent twice."""
-        turn_id = event.turn_id
-        if event.kind == "delta" and turn_id is not None:
-            have = self._offsets.get(turn_id, 0)
+        """Order-aware intake of a conversation event. Stored messages go out once (by
+        seq); a reply's text goes out once (deltas trimmed by offset); a delta ahead of
+        the text sent so far is held back and the gap repaired from shared state."""
+        conversation_id, turn_id = event.conversation_id, event.turn_id
+        joined = self._joined.get(conversation_id) if conversation_id else None
+        if joined is None:
+            return
+        if event.kind in ("message", "turn_end"):
+            in_progress = turn_id is not None and turn_id in self._offsets
+            if not in_progress and (joined.seen(event.seq) or turn_id in self._finished):
+                return
+            joined.mark(event.seq)
+            if turn_id is not None:
+                self._offsets.pop(turn_id, None)
+                self._finished[turn_id] = None
+                if len(self._finished) > FINISHED_MEMORY:
+                    del self._finished[next(iter(self._finished))]
+        elif event.kind == "turn_start" and turn_id is not None:
+            if turn_id in self._offsets or turn_id in self._finished:
+                return
+            self._offsets[turn_id] = 0
+        elif event.kind == "delta" and turn_id is not None:
+            if turn_id in self._finished:
+                return
+            have = self._offsets.get(turn_id)
+            if have is None or event.offset > have:
+                assert conversation_id is not None
+                self._repair(conversation_id, turn_id)
+                return
             end = event.offset + len(event.text)
             if end <= have:
                 return
             if event.offset < have:
                 event = _delta_event(event, have, event.text[have - event.offset :])
             self._offsets[turn_id] = end
-        elif event.kind == "turn_start" and event.turn_id is not None:
-            self._offsets.setdefault(event.turn_id, 0)
-        elif event.kind == "turn_end" and event.turn_id is not None:
-            self._offsets.pop(event.turn_id, None)
         self._enqueue(event)
 
     def _enqueue(self, event: Event) -> None:
@@ -465,8 +595,16 @@ class Session:
 
     async def cleanup(self) -> None:
         self.state = SessionState.CLOSING
+        for task in list(self._tasks):
+            task.cancel()
         for conversation_id in list(self._joined):
             await self._leave(conversation_id)
+
+
+def _start(turn: InflightTurn) -> TurnStart:
+    start = decode_server(turn.start)
+    assert isinstance(start, TurnStart)
+    return start
 
 
 def _delta(event: Event) -> Delta:

@@ -1,8 +1,12 @@
 """Turns: store a user turn, run its generation, finish the reply. Owns running replies.
 
 A generation belongs to the server, not to the socket that asked for it: it runs to
-the end whoever disconnects, keeps its text so far (for devices that join mid-stream),
-and always ends with exactly one ``turn_end`` and one final write of the reply.
+the end whoever disconnects, keeps its text so far in the shared in-flight state (for
+devices that join or repair mid-stream, on any replica), renews its lease there, and
+always ends with exactly one ``turn_end`` and one final write of the reply. Every
+replica sweeps for replies whose lease expired (their replica died) and ends them
+with ``finish_reason:error``; the write is conditional, so only one sweeper wins.
+A cancel reaches the replica running the turn through the bus's control channel.
 It never talks to a socket; everything goes out through the hub.
 """
 
@@ -13,18 +17,21 @@ import contextlib
 import enum
 import logging
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server import router
+from chat_server.bus import Bus
 from chat_server.config import Settings
 from chat_server.hub import Hub
+from chat_server.inflight import Inflight
 from chat_server.llm import ChatTurn, LLMError, LLMProvider, LLMRequest
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
+from protocol import decode_server, encode
 from protocol.errors import ErrorCode, ErrorReply
 from protocol.messages import (
     AssistantRef,
@@ -42,6 +49,17 @@ from protocol.messages import (
 )
 
 log = logging.getLogger(__name__)
+
+CONTROL_CHANNEL = "ctl:turns"
+
+
+class CancelRequest(msgspec.Struct):
+    turn_id: uuid.UUID
+    heard_chars: int | None = None
+
+
+_control_encoder = msgspec.json.Encoder()
+_control_decoder = msgspec.json.Decoder(CancelRequest)
 
 
 def message_info(row: MessageRow) -> MessageInfo:
@@ -77,6 +95,7 @@ class ActiveTurn:
     state: TurnState = TurnState.STREAMING
     heard_chars: int | None = None  # set by a cancel with heard_chars
     cancel_requested: bool = False
+    shared_ok: bool = True  # false after an append to the shared state failed
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -90,11 +109,15 @@ class Turns:
         *,
         db: async_sessionmaker[AsyncSession],
         hub: Hub,
+        bus: Bus,
+        inflight: Inflight,
         llm: LLMProvider,
         settings: Settings,
     ) -> None:
         self._db = db
         self._hub = hub
+        self._bus = bus
+        self.inflight = inflight
         self._llm = llm
         self._settings = settings
         self._active: dict[uuid.UUID, ActiveTurn] = {}
@@ -159,6 +182,9 @@ class Turns:
     async def start(self, stored: queries.StoredTurn, turn: ActiveTurn) -> None:
         """Announce the stored user message and the reply, then generate in the background."""
         self._active[turn.turn_id] = turn
+        await self.inflight.begin(
+            turn.turn_id, turn.conversation_id, encode(turn.start), self._settings.node_id
+        )
         await self._hub.publish(
             Message(
                 conversation_id=turn.conversation_id,
@@ -169,33 +195,100 @@ class Turns:
         await self._hub.publish(turn.start)
         turn.task = asyncio.create_task(self._run(turn), name=f"turn-{turn.turn_id}")
 
-    # ------------------------------------------------------------------ queries
-
-    def active_in(self, conversation_id: uuid.UUID) -> Iterator[ActiveTurn]:
-        """Replies streaming in a conversation, oldest first (for joins mid-stream)."""
-        for turn in self._active.values():
-            if turn.conversation_id == conversation_id and turn.state is TurnState.STREAMING:
-                yield turn
-
     # ------------------------------------------------------------------ cancel
 
-    def cancel(
+    async def cancel(
         self, conversation_id: uuid.UUID, turn_id: uuid.UUID | None, heard_chars: int | None
-    ) -> ActiveTurn:
-        """Stop a streaming reply (the newest if no ``turn_id``); its task stores the rest."""
+    ) -> None:
+        """Stop a streaming reply (the newest if no ``turn_id``), on whichever replica
+        runs it; that replica stores what is kept and sends ``turn_end``."""
+        running = await self.inflight.active(conversation_id)
+        starts = [(decode_server(t.start), t) for t in running]
         candidates = [
-            t
-            for t in self.active_in(conversation_id)
-            if (turn_id is None or t.turn_id == turn_id) and not t.cancel_requested
+            (start.seq, t)
+            for start, t in starts
+            if isinstance(start, TurnStart) and (turn_id is None or t.turn_id == turn_id)
         ]
         if not candidates:
             raise ErrorReply(ErrorCode.NO_ACTIVE_TURN, "no reply is streaming to cancel")
-        turn = candidates[-1]
+        target = max(candidates, key=lambda c: c[0])[1]
+        local = self._active.get(target.turn_id)
+        if local is not None:
+            self._cancel_local(local, heard_chars)
+        else:
+            request = CancelRequest(turn_id=target.turn_id, heard_chars=heard_chars)
+            await self._bus.publish(CONTROL_CHANNEL, _control_encoder.encode(request))
+
+    def _cancel_local(self, turn: ActiveTurn, heard_chars: int | None) -> None:
+        if turn.cancel_requested or turn.state is not TurnState.STREAMING:
+            return
         turn.cancel_requested = True
         turn.heard_chars = heard_chars
         if turn.task is not None:
             turn.task.cancel()
-        return turn
+
+    def _on_control(self, payload: bytes) -> None:
+        try:
+            request = _control_decoder.decode(payload)
+        except msgspec.DecodeError:
+            log.warning("ignoring a malformed control message")
+            return
+        turn = self._active.get(request.turn_id)
+        if turn is not None:
+            self._cancel_local(turn, request.heard_chars)
+
+    # ------------------------------------------------------------------ liveness
+
+    async def run(self) -> None:
+        """Background duty of every replica: renew this replica's leases (every third
+        of ``lease_ms``) and sweep for replies whose replica died (every half)."""
+        await self._bus.subscribe(CONTROL_CHANNEL, self._on_control)
+        tick = self._settings.lease_ms / 3000
+        ticks = 0
+        while True:
+            await asyncio.sleep(tick)
+            ticks += 1
+            try:
+                if self._active:
+                    await self.inflight.renew(list(self._active))
+                if ticks % 2 == 0:
+                    await self.sweep()
+            except Exception:  # Redis or Postgres away: try again next tick
+                log.warning("lease renewal or sweep failed", exc_info=True)
+
+    async def sweep(self) -> int:
+        """End replies left streaming by a replica that stopped renewing its lease."""
+        async with self._db.begin() as s:
+            rows = await queries.streaming_replies(s, older_than_ms=self._settings.lease_ms)
+        ended = 0
+        for row in rows:
+            if row.id in self._active or await self.inflight.lease_alive(row.id):
+                continue
+            state = await self.inflight.get(row.id)
+            error = ErrorInfo(
+                code=ErrorCode.LLM_UNAVAILABLE,
+                message="the replica generating this reply stopped",
+                retryable=True,
+            )
+            if await self._store_end(
+                row.conversation_id,
+                row.id,
+                state.text if state else row.text,
+                FinishReason.ERROR,
+                Usage(),
+                error,
+            ):
+                ended += 1
+                log.warning("ended reply %s of a lost replica", row.id)
+        return ended
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait for running generations to finish; True if all did in time."""
+        tasks = [t.task for t in self._active.values() if t.task is not None]
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        return not pending
 
     async def shutdown(self) -> None:
         """Stop every generation; each stores its partial text as an error."""
@@ -203,23 +296,6 @@ class Turns:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def finish_orphans(self) -> int:
-        """Replies left streaming by a previous run of this (single) node end as errors."""
-        async with self._db.begin() as s:
-            rows = await queries.streaming_replies(s)
-            for row in rows:
-                await queries.finish_reply(
-                    s,
-                    row.id,
-                    text=row.text,
-                    status=MessageStatus.ERROR,
-                    meta={
-                        "finish_reason": FinishReason.ERROR,
-                        "error": {"code": ErrorCode.INTERNAL, "message": "server restarted"},
-                    },
-                )
-        return len(rows)
 
     # ------------------------------------------------------------------ generation
 
@@ -294,6 +370,7 @@ class Turns:
                 if chunk.text:
                     offset = len(turn.text)
                     turn.text += chunk.text
+                    await self._share(turn, chunk.text)
                     await self._hub.publish(
                         Delta(
                             conversation_id=turn.conversation_id,
@@ -314,6 +391,18 @@ class Turns:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
 
+    async def _share(self, turn: ActiveTurn, text: str) -> None:
+        # Shared text is written before the delta is published, so a device repairing
+        # a gap always finds the text it saw a delta for. After one failed write the
+        # shared copy stops (it stays a true prefix); turn_end still carries it all.
+        if not turn.shared_ok:
+            return
+        try:
+            await self.inflight.append(turn.turn_id, text)
+        except Exception:
+            turn.shared_ok = False
+            log.warning("shared text of turn %s is stale from here on", turn.turn_id)
+
     async def _finish(
         self,
         turn: ActiveTurn,
@@ -325,6 +414,18 @@ class Turns:
         text = turn.text
         if finish is FinishReason.INTERRUPTED and turn.heard_chars is not None:
             text = text[: turn.heard_chars]
+        await self._store_end(turn.conversation_id, turn.turn_id, text, finish, usage, error)
+
+    async def _store_end(
+        self,
+        conversation_id: uuid.UUID,
+        turn_id: uuid.UUID,
+        text: str,
+        finish: FinishReason,
+        usage: Usage,
+        error: ErrorInfo | None,
+    ) -> bool:
+        """Write the final reply once (first writer wins), announce it, forget it."""
         status = {
             FinishReason.STOP: MessageStatus.COMPLETE,
             FinishReason.LENGTH: MessageStatus.COMPLETE,
@@ -336,20 +437,22 @@ class Turns:
         if error is not None:
             meta["error"] = _builtins(error)
         async with self._db.begin() as s:
-            row = await queries.finish_reply(s, turn.turn_id, text=text, status=status, meta=meta)
-        if row is None:  # already finished elsewhere; its turn_end went out then
-            return
-        await self._hub.publish(
-            TurnEnd(
-                conversation_id=turn.conversation_id,
-                seq=row.seq,
-                turn_id=turn.turn_id,
-                message=message_info(row),
-                finish_reason=finish,
-                usage=usage,
-                error=error,
+            row = await queries.finish_reply(s, turn_id, text=text, status=status, meta=meta)
+        if row is not None:  # else already finished elsewhere; its turn_end went out then
+            await self._hub.publish(
+                TurnEnd(
+                    conversation_id=conversation_id,
+                    seq=row.seq,
+                    turn_id=turn_id,
+                    message=message_info(row),
+                    finish_reason=finish,
+                    usage=usage,
+                    error=error,
+                )
             )
-        )
+        with contextlib.suppress(Exception):
+            await self.inflight.end(turn_id, conversation_id)
+        return row is not None
 
 
 def _builtins(value: Any) -> Any:

@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import logging
 
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chat_server.config import Settings
-from chat_server.session import Runtime, Session, SessionState
+from chat_server.session import Drain, Runtime, Session, SessionState
 from protocol.errors import CloseCode, Disconnect
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         # Closing before accept() answers the upgrade with HTTP 403.
         await websocket.close(CloseCode.POLICY_VIOLATION)
         return
+    if runtime.drain.draining:
+        await websocket.send_denial_response(
+            JSONResponse({"error": "draining; connect to another replica"}, status_code=503)
+        )
+        return
     await websocket.accept()
     session = Session(runtime, _StarletteTransport(websocket))
+    runtime.drain.add(session)
     writer = asyncio.create_task(session.run_writer(), name=f"writer-{session.id}")
     try:
         await _receive_loop(websocket, session, writer, settings)
@@ -54,6 +61,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer, timeout=5)
         writer.cancel()
+        runtime.drain.remove(session)
 
 
 async def _receive_loop(
@@ -75,3 +83,6 @@ async def _receive_loop(
         if data is None:
             data = message.get("bytes") or b""
         await session.handle(data)
+
+
+__all__ = ["Drain", "websocket_endpoint"]

@@ -71,6 +71,7 @@ class CloseCode(enum.IntEnum):
     SLOW_CONSUMER = 4000  # the client did not read fast enough; resume with after_seq
     IDLE_TIMEOUT = 4001  # nothing received for two heartbeat intervals
     HELLO_TIMEOUT = 4002  # no ``hello`` within the handshake window
+    RESUME_REQUIRED = 4003  # events were lost (replica lost its bus); rejoin with after_seq
     UNAUTHORIZED = 4401  # bad token in ``hello``
     PROTOCOL_VIOLATION = 4400  # first frame was not ``hello``, or an unsupported version
 
@@ -93,6 +94,7 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     CloseCode.SLOW_CONSUMER: CloseInfo("slow consumer; resume with after_seq", reconnect=True),
     CloseCode.IDLE_TIMEOUT: CloseInfo("no frame for two heartbeats", reconnect=True),
     CloseCode.HELLO_TIMEOUT: CloseInfo("no hello in time", reconnect=True),
+    CloseCode.RESUME_REQUIRED: CloseInfo("events lost; rejoin with after_seq", reconnect=True),
     CloseCode.UNAUTHORIZED: CloseInfo("unauthorized; get a new token first", reconnect=False),
     CloseCode.PROTOCOL_VIOLATION: CloseInfo("protocol violation", reconnect=False),
 }

@@ -58,7 +58,7 @@ async def test_without_api_key_replies_come_from_the_built_in_simulator(
     await client.close()
 
 
-async def test_replies_left_streaming_by_a_previous_run_end_as_errors_at_start(
+async def test_a_reply_left_streaming_by_a_dead_run_ends_as_an_error_once_its_lease_lapses(
     start_server: Callable[..., RunningServer], db: async_sessionmaker[AsyncSession]
 ) -> None:
     user = new_user()
@@ -75,15 +75,18 @@ async def test_replies_left_streaming_by_a_previous_run_end_as_errors_at_start(
         assert stored.reply is not None
         await s.flush()
         stored.reply.text = "half a rep"
-    server = start_server()  # its startup finds the orphan
+    server = start_server(lease_ms=300)  # nobody renews this reply's lease
     client = await Client.connect(server.ws)
     await client.hello(user)
     await client.send(Join(conversation_id=conversation.id, after_seq=0))
     await client.expect(Joined)
-    user_msg, reply = await client.expect(Message), await client.expect(Message)
+    user_msg = await client.expect(Message)
     assert user_msg.message.text == "hi"
-    assert (reply.message.status, reply.message.text) == ("error", "half a rep")
-    assert reply.message.finish_reason == "error"
+    end = await client.expect(TurnEnd, timeout=5)  # sent live by the sweeper
+    assert (end.turn_id, end.finish_reason) == (stored.reply.id, "error")
+    assert (end.message.status, end.message.text) == ("error", "half a rep")
+    assert end.error is not None
+    assert end.error.retryable is True
     async with db() as s:
         row = await s.get(MessageRow, stored.reply.id)
         assert row is not None

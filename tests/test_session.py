@@ -10,10 +10,20 @@ import pytest
 
 from chat_server.config import Settings
 from chat_server.hub import Event
+from chat_server.inflight.memory import MemoryInflight
 from chat_server.session import Runtime, Session, SessionState, _Joined
-from protocol import decode_server
+from protocol import decode_server, encode
 from protocol.errors import CloseCode
-from protocol.messages import Delta, Message, MessageInfo, MessageStatus, Role
+from protocol.messages import (
+    AssistantRef,
+    Delta,
+    Message,
+    MessageInfo,
+    MessageStatus,
+    Role,
+    RouteInfo,
+    TurnStart,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,12 +49,26 @@ class GatedTransport:
         self.closed = (code, reason)
 
 
+class FakeTurns:
+    def __init__(self) -> None:
+        self.inflight = MemoryInflight()
+
+
 def ready_session(transport: GatedTransport, outbox_frames: int = 100) -> Session:
     settings = Settings(outbox_frames=outbox_frames)
-    runtime = Runtime(settings=settings, db=None, hub=None, turns=None, auth=None)  # type: ignore[arg-type]
+    runtime = Runtime(
+        settings=settings,
+        db=None,  # type: ignore[arg-type]
+        hub=None,  # type: ignore[arg-type]
+        turns=FakeTurns(),  # type: ignore[arg-type]
+        auth=None,  # type: ignore[arg-type]
+        bus=None,  # type: ignore[arg-type]
+        drain=None,  # type: ignore[arg-type]
+    )
     session = Session(runtime, transport)
     session.state = SessionState.READY
     session._joined[CONV] = _Joined(buffer=None)
+    session._offsets[TURN] = 0  # as if its turn_start had been delivered
     return session
 
 
@@ -120,3 +144,37 @@ async def test_events_of_conversations_not_joined_are_ignored() -> None:
     other = Event.of(Delta(conversation_id=uuid.uuid4(), turn_id=TURN, offset=0, text="x"))
     session.deliver(other)
     assert not session._outbox
+
+
+async def test_a_delta_ahead_of_the_sent_text_is_repaired_from_shared_state() -> None:
+    transport = GatedTransport()
+    transport.gate.set()
+    session = ready_session(transport)
+    inflight = session._rt.turns.inflight
+    start = TurnStart(
+        conversation_id=CONV,
+        seq=2,
+        turn_id=TURN,
+        reply_to=uuid.uuid4(),
+        assistant=AssistantRef(id=uuid.uuid4(), name="a"),
+        model="m",
+        route=RouteInfo(reason="default"),
+    )
+    await inflight.begin(TURN, CONV, encode(start), "other-node")
+    await inflight.append(TURN, "Hello, wor")
+    writer = asyncio.create_task(session.run_writer())
+    session.deliver(delta(0, "Hel"))
+    session.deliver(delta(7, "wor"))  # "lo, " was lost on the way
+    for _ in range(100):
+        if session._offsets.get(TURN) == 10:
+            break
+        await asyncio.sleep(0.01)
+    session.deliver(delta(10, "ld"))
+    session.request_close(CloseCode.NORMAL, "", flush=True)
+    await asyncio.wait_for(writer, 5)
+    deltas = [f for f in transport.frames if isinstance(f, Delta)]
+    text = ""
+    for d in deltas:
+        assert d.offset == len(text), "no gap and no overlap reaches the client"
+        text += d.text
+    assert text == "Hello, world"

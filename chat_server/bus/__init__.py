@@ -1,4 +1,5 @@
-"""Fan-out between replicas: the ``Bus`` protocol. Backends: ``memory.py`` (one process).
+"""Fan-out between replicas: the ``Bus`` protocol. Backends: ``memory.py`` (one process)
+and ``redis.py`` (replicas sharing one Redis).
 
 Only a backend module imports its driver; the hub is the only caller.
 """
@@ -20,9 +21,21 @@ class Bus(Protocol):
     - Payloads from one publisher on one channel arrive in publish order.
     - A publisher receives its own payloads if it is subscribed (the hub drops them).
     - ``handler`` is called on the event loop and must not block.
-    - ``subscribe`` is idempotent per channel; ``unsubscribe`` of an unknown channel
-      is a no-op. After ``aclose`` no handler is called again.
+    - ``subscribe`` is idempotent per channel and returns once the subscription is
+      live: everything published after it returns is delivered (while connected).
+      ``unsubscribe`` of an unknown channel is a no-op.
+    - After a lost connection is restored, every channel is subscribed again and the
+      ``on_reconnect`` callbacks run, so callers can repair what they missed.
+    - ``healthy`` is false while the backend cannot deliver. After ``aclose`` no
+      handler is called again.
     """
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None: ...
+
+    async def start(self) -> None: ...
 
     async def publish(self, channel: str, payload: bytes) -> None: ...
 

@@ -3,6 +3,8 @@ share one ``MemoryBroker`` behave like replicas on one Redis (used by tests)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from chat_server.bus import Handler
 
 
@@ -15,6 +17,16 @@ class MemoryBus:
     def __init__(self, broker: MemoryBroker | None = None) -> None:
         self._broker = broker or MemoryBroker()
         self._closed = False
+
+    @property
+    def healthy(self) -> bool:
+        return not self._closed
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        return None  # never disconnects
+
+    async def start(self) -> None:
+        return None
 
     async def publish(self, channel: str, payload: bytes) -> None:
         for handler in list(self._broker.channels.get(channel, {}).values()):

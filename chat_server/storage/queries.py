@@ -211,6 +211,11 @@ async def context_window(
     return list(rows)[::-1]
 
 
-async def streaming_replies(s: AsyncSession) -> list[Message]:
-    """Replies still marked streaming: after a restart these have no generator left."""
-    return list(await s.scalars(select(Message).where(Message.status == "streaming")))
+async def streaming_replies(s: AsyncSession, *, older_than_ms: int) -> list[Message]:
+    """Replies still streaming that started at least ``older_than_ms`` ago."""
+    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_ms / 1000.0)
+    return list(
+        await s.scalars(
+            select(Message).where(Message.status == "streaming", Message.created_at <= cutoff)
+        )
+    )
