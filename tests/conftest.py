@@ -28,6 +28,7 @@ from chat_server.config import Secret, Settings
 from chat_server.llm.simulator import SimConfig, create_simulator
 from chat_server.storage import embedded, migrate
 from chat_server.storage.db import async_url
+from tests.replicas import EmbeddedRedis, Replica, start_replicas, stop_replicas
 from tests.servers import RunningServer, serve
 
 
@@ -108,3 +109,35 @@ def server(base_settings: Settings) -> Iterator[RunningServer]:
     running = serve(create_app(base_settings), max_size=base_settings.max_frame_bytes)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """A real redis-server of this test's own, so a test may stop and restart it."""
+    redis = EmbeddedRedis()
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
+def replicas(
+    database_url: str, simulator: RunningServer, redis_server: EmbeddedRedis, tmp_path: Path
+) -> Iterator[Callable[..., list[Replica]]]:
+    """``replicas(2)`` starts two server processes sharing Redis and Postgres."""
+    started: list[Replica] = []
+
+    def start(count: int = 2, **env: str) -> list[Replica]:
+        defaults = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": os.environ.get("TEST_REDIS_URL") or redis_server.url,
+            "GEMINI_BASE_URL": simulator.http,
+            "GEMINI_ATTEMPTS": "1",
+            "LEASE_MS": "1000",
+            "DRAIN_TIMEOUT_S": "20",
+        }
+        new = start_replicas(count, tmp_path, **(defaults | env))
+        started.extend(new)
+        return new
+
+    yield start
+    stop_replicas(started)

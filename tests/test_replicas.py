@@ -1,0 +1,275 @@
+"""Several server processes behave as one: real replicas sharing a real Redis and
+Postgres, driven by real WebSocket clients. Timings asserted here are loose bounds
+against hangs; the measured figures are printed (run with -s to see them)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat_server.storage.models import Message as MessageRow
+from protocol.errors import CloseCode
+from protocol.messages import (
+    Ack,
+    Cancel,
+    Delta,
+    GoAway,
+    Join,
+    Joined,
+    Message,
+    Send,
+    ServerMessage,
+    TurnEnd,
+    TurnStart,
+    Typing,
+    TypingEvent,
+)
+from tests.replicas import EmbeddedRedis, Replica
+from tests.wsclient import Client, directive, new_user, reply_text
+
+pytestmark = pytest.mark.asyncio
+
+SLOW = directive(tps=25, tokens=60)  # ~2.4 s of streaming
+
+
+async def on(replica: Replica, user: str) -> Client:
+    client = await Client.connect(replica.ws)
+    await client.hello(user)
+    return client
+
+
+async def join(client: Client, cid: uuid.UUID, after_seq: int | None = None) -> Joined:
+    await client.send(Join(conversation_id=cid, after_seq=after_seq))
+    return await client.expect(Joined)
+
+
+async def stored(db: async_sessionmaker[AsyncSession], cid: uuid.UUID) -> list[MessageRow]:
+    async with db() as s:
+        rows = await s.scalars(
+            select(MessageRow).where(MessageRow.conversation_id == cid).order_by(MessageRow.seq)
+        )
+        return list(rows)
+
+
+def deltas(frames: list[ServerMessage]) -> list[tuple[int, str]]:
+    return [(f.offset, f.text) for f in frames if isinstance(f, Delta)]
+
+
+async def test_a_device_on_b_sees_the_reply_generated_on_a_token_by_token(
+    replicas: Callable[..., list[Replica]],
+) -> None:
+    a, b = replicas(2)
+    user = new_user()
+    sender, watcher = await on(a, user), await on(b, user)
+    cid = await sender.create()
+    await join(watcher, cid)
+    await sender.send(Send(id="1", conversation_id=cid, text="hello " + directive(tokens=30)))
+    await sender.expect(Ack)
+    end_a, frames_a = await sender.until(TurnEnd)
+    end_b, frames_b = await watcher.until(TurnEnd)
+    assert end_b.message.text == end_a.message.text
+    assert deltas(frames_b) == deltas(frames_a), "same tokens, same offsets, same order"
+    assert len(deltas(frames_b)) >= 10
+    assert reply_text(frames_b, end_b.turn_id) == end_b.message.text
+    assert [type(f).__name__ for f in frames_b[:2]] == ["Message", "TurnStart"]
+    await watcher.send(Typing(conversation_id=cid))
+    typing = await sender.expect(TypingEvent)  # typing crosses replicas too
+    assert typing.user_id == user
+    await sender.close()
+    await watcher.close()
+
+
+async def test_reconnecting_to_the_other_replica_mid_stream_has_no_gap_and_no_duplicate(
+    replicas: Callable[..., list[Replica]],
+) -> None:
+    a, b = replicas(2)
+    user = new_user()
+    client = await on(a, user)
+    cid = await client.create()
+    await client.send(Send(id="1", conversation_id=cid, text="tell me " + SLOW))
+    ack = await client.expect(Ack)
+    await client.until(Delta)
+    await client.until(Delta)
+    await client.close()  # the device drops mid-stream
+
+    client = await on(b, user)
+    await join(client, cid, after_seq=ack.seq)
+    start = await client.expect(TurnStart)
+    end, frames = await client.until(TurnEnd)
+    text = reply_text(frames, start.turn_id)  # asserts contiguous offsets from 0
+    assert text == end.message.text
+    assert end.finish_reason == "stop"
+    first = next(f for f in frames if isinstance(f, Delta))
+    assert first.offset == 0
+    assert len(first.text) > 3, "the text so far arrives in one catch-up delta"
+    await client.close()
+
+
+async def test_cancel_sent_to_b_stops_the_generation_running_on_a(
+    replicas: Callable[..., list[Replica]], db: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas(2)
+    user = new_user()
+    sender, canceller = await on(a, user), await on(b, user)
+    cid = await sender.create()
+    await join(canceller, cid)
+    await sender.send(Send(id="1", conversation_id=cid, text="go " + SLOW))
+    await sender.expect(Ack)
+    await canceller.until(Delta)
+    await canceller.until(Delta)
+    sent_at = time.monotonic()
+    await canceller.send(Cancel(conversation_id=cid, heard_chars=5))
+    end, _ = await canceller.until(TurnEnd, timeout=5)
+    latency_ms = (time.monotonic() - sent_at) * 1000
+    print(f"\ncancel across replicas: turn_end after {latency_ms:.0f} ms")
+    assert latency_ms < 2000
+    assert end.finish_reason == "interrupted"
+    assert len(end.message.text) == 5
+    rows = await stored(db, cid)
+    assert (rows[-1].status, rows[-1].text) == ("interrupted", end.message.text)
+    sender_end, _ = await sender.until(TurnEnd)
+    assert sender_end.message.text == end.message.text
+    await sender.close()
+    await canceller.close()
+
+
+async def test_the_same_send_on_two_replicas_at_once_is_one_message_and_one_model_call(
+    replicas: Callable[..., list[Replica]],
+    db: async_sessionmaker[AsyncSession],
+    sim_requests: Callable[[], list[dict[str, Any]]],
+) -> None:
+    a, b = replicas(2)
+    user = new_user()
+    one, two = await on(a, user), await on(b, user)
+    cid = await one.create()
+    await join(two, cid)
+    marker = uuid.uuid4().hex
+    send = Send(id="retry", conversation_id=cid, text=f"once {marker}")
+    await asyncio.gather(one.send(send), two.send(send))
+    acks = [(await one.until(Ack))[0], (await two.until(Ack))[0]]
+    assert len({x.message_id for x in acks}) == 1
+    assert sorted(x.duplicate for x in acks) == [False, True]
+    await one.until(TurnEnd)
+    await two.until(TurnEnd)
+    assert [r.role for r in await stored(db, cid)] == ["user", "assistant"]
+    assert len([r for r in sim_requests() if marker in str(r["body"])]) == 1
+    await one.close()
+    await two.close()
+
+
+async def test_a_killed_replicas_turn_ends_with_error_and_its_partial_text_is_stored(
+    replicas: Callable[..., list[Replica]], db: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas(2)
+    user = new_user()
+    sender, watcher = await on(a, user), await on(b, user)
+    cid = await sender.create()
+    await join(watcher, cid)
+    await sender.send(Send(id="1", conversation_id=cid, text="doomed " + SLOW))
+    await sender.expect(Ack)
+    start, _ = await watcher.until(TurnStart)
+    seen = ""
+    while len(seen) < 20:
+        seen += (await watcher.expect(Delta)).text
+    a.process.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    end, frames = await watcher.until(TurnEnd, timeout=10)
+    ended_ms = (time.monotonic() - killed_at) * 1000
+    print(f"\nkill -9: the lost replica's turn ended after {ended_ms:.0f} ms (LEASE_MS=1000)")
+    assert end.turn_id == start.turn_id
+    assert end.finish_reason == "error"
+    assert end.error is not None
+    assert "stopped" in end.error.message
+    # The stored text is the shared text so far: everything the watcher saw, at least.
+    assert end.message.text.startswith(seen + "".join(t for _, t in deltas(frames)))
+    rows = await stored(db, cid)
+    assert (rows[-1].status, rows[-1].text) == ("error", end.message.text)
+    assert not [r for r in rows if r.status == "streaming"]
+    await watcher.close()
+
+
+async def test_after_a_redis_restart_replicas_resubscribe_and_repair_the_gap(
+    replicas: Callable[..., list[Replica]],
+    redis_server: EmbeddedRedis,
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    if os.environ.get("TEST_REDIS_URL"):
+        pytest.skip("restarts the embedded Redis; TEST_REDIS_URL is not ours to restart")
+    a, b = replicas(2)
+    user = new_user()
+    sender, watcher = await on(a, user), await on(b, user)
+    cid = await sender.create()
+    await join(watcher, cid)
+    await sender.send(Send(id="1", conversation_id=cid, text="through the outage " + SLOW))
+    await sender.expect(Ack)
+    await watcher.until(Delta)
+
+    redis_server.stop()
+    deadline = time.monotonic() + 10
+    while {a.ready(), b.ready()} != {503}:
+        assert time.monotonic() < deadline, "readiness did not fail without Redis"
+        await asyncio.sleep(0.1)
+    end_a, _ = await sender.until(TurnEnd, timeout=10)  # finishes while Redis is away
+    redis_server.start()
+    while {a.ready(), b.ready()} != {200}:
+        assert time.monotonic() < deadline + 20, "replicas did not recover"
+        await asyncio.sleep(0.1)
+
+    # The watcher missed the end of the reply on the bus: the resync sends it.
+    frames: list[ServerMessage] = []
+    async with asyncio.timeout(10):
+        while True:
+            frame = await watcher.recv()
+            frames.append(frame)
+            if isinstance(frame, Message | TurnEnd) and frame.seq == end_a.seq:
+                break
+    final = frames[-1]
+    text = final.message.text if isinstance(final, Message | TurnEnd) else ""
+    assert text == end_a.message.text
+    assert (await stored(db, cid))[-1].status == "complete"
+
+    # And the bus works again both ways.
+    await watcher.send(Send(id="2", conversation_id=cid, text="again " + directive(tokens=5)))
+    await watcher.until(Ack)
+    end_again, _ = await sender.until(TurnEnd)
+    assert end_again.seq == 4
+    await sender.close()
+    await watcher.close()
+
+
+async def test_sigterm_drains_go_away_then_replies_finish_then_1012(
+    replicas: Callable[..., list[Replica]], db: async_sessionmaker[AsyncSession]
+) -> None:
+    a, b = replicas(2)
+    user = new_user()
+    leaving, staying = await on(a, user), await on(b, user)
+    cid = await leaving.create()
+    await join(staying, cid)
+    await leaving.send(Send(id="1", conversation_id=cid, text="finish me " + SLOW))
+    await leaving.expect(Ack)
+    await staying.until(Delta)
+
+    a.process.send_signal(signal.SIGTERM)
+    go_away, _ = await leaving.until(GoAway, timeout=5)
+    assert go_away.reconnect_after_ms >= 0
+    assert a.ready() == 503
+    with pytest.raises(Exception, match="503"):
+        await Client.connect(a.ws)  # no new connections while draining
+    end, _ = await staying.until(TurnEnd, timeout=10)
+    assert end.finish_reason == "stop", "the reply finished on the draining replica"
+    assert (await stored(db, cid))[-1].text == end.message.text
+    assert await leaving.closed_with(timeout=15) == CloseCode.SERVICE_RESTART
+    assert a.process.wait(timeout=15) in (0, -signal.SIGTERM)
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{b.http}/ready")).status_code == 200
+    await staying.close()
