@@ -26,6 +26,8 @@ from chat_server.inflight import Inflight
 from chat_server.inflight.memory import MemoryInflight
 from chat_server.llm.gemini import GeminiProvider
 from chat_server.llm.simulator import SimConfig, create_simulator
+from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore
+from chat_server.presence.memory import MemoryPresence
 from chat_server.session import Drain, Runtime
 from chat_server.storage.db import make_engine, make_sessionmaker
 from chat_server.turns import Turns
@@ -45,22 +47,41 @@ def simulator_url(settings: Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _backends(settings: Settings) -> AsyncIterator[tuple[Bus, Inflight]]:
+async def _backends(settings: Settings) -> AsyncIterator[tuple[Bus, Inflight, PresenceStore]]:
     if settings.redis_url is None:
-        yield MemoryBus(), MemoryInflight()
+        yield MemoryBus(), MemoryInflight(), MemoryPresence()
         return
     import redis.asyncio as aioredis
 
     from chat_server.bus.redis import RedisBus
     from chat_server.inflight.redis import RedisInflight
+    from chat_server.presence.redis import RedisPresence
 
     client: Any = aioredis.Redis.from_url(
         settings.redis_url.value, health_check_interval=5, socket_connect_timeout=2
     )
     try:
-        yield RedisBus(client), RedisInflight(client, lease_ms=settings.lease_ms)
+        yield (
+            RedisBus(client),
+            RedisInflight(client, lease_ms=settings.lease_ms),
+            RedisPresence(client),
+        )
     finally:
         await client.aclose()
+
+
+async def _refresh_presence(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(PRESENCE_REFRESH_S)
+        entries = [
+            (conversation_id, session.device)
+            for session in tuple(runtime.drain.sessions)
+            for conversation_id in session.joined_conversations()
+        ]
+        try:
+            await runtime.presence.refresh(entries)
+        except Exception:  # Redis away: entries live on until their TTL
+            log.warning("presence refresh failed", exc_info=True)
 
 
 async def drain(app: Starlette) -> None:
@@ -80,7 +101,7 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine = make_engine(database_url)
-        async with _backends(settings) as (bus, inflight):
+        async with _backends(settings) as (bus, inflight, presence):
             await bus.start()
             hub = Hub(bus=bus, node_id=settings.node_id)
             llm = GeminiProvider(
@@ -102,16 +123,21 @@ def create_app(settings: Settings) -> Starlette:
                 auth=Authenticator(settings.jwt_secret),
                 bus=bus,
                 drain=Drain(),
+                presence=presence,
             )
             app.state.runtime = runtime
             ended = await turns.sweep()
             if ended:
                 log.warning("ended %d replies whose replica is gone", ended)
-            background = asyncio.create_task(turns.run(), name="turns-liveness")
+            background = [
+                asyncio.create_task(turns.run(), name="turns-liveness"),
+                asyncio.create_task(_refresh_presence(runtime), name="presence-refresh"),
+            ]
             try:
                 yield
             finally:
-                background.cancel()
+                for task in background:
+                    task.cancel()
                 await turns.shutdown()
                 await llm.aclose()
                 await bus.aclose()

@@ -265,8 +265,11 @@ class TypingEvent(_Frame, tag="typing", kw_only=True):
 
 
 class Presence(_Frame, tag="presence", kw_only=True):
+    """Who is in the conversation, across replicas; sent when a device joins or leaves."""
+
     conversation_id: uuid.UUID
-    sessions: int  # devices joined to the conversation on this node
+    users: list[str]  # distinct user ids present
+    devices: int  # connections joined to the conversation
 
 
 class HistoryPage(_Frame, tag="history", kw_only=True):

@@ -85,8 +85,12 @@ async def test_a_device_on_b_sees_the_reply_generated_on_a_token_by_token(
     await watcher.send(Typing(conversation_id=cid))
     typing = await sender.expect(TypingEvent)  # typing crosses replicas too
     assert typing.user_id == user
-    await sender.close()
+    seen = await sender.presence_where(lambda p: p.devices == 2)  # and so does presence
+    assert seen.users == [user]
     await watcher.close()
+    gone = await sender.presence_where(lambda p: p.devices == 1)
+    assert gone.users == [user]
+    await sender.close()
 
 
 async def test_reconnecting_to_the_other_replica_mid_stream_has_no_gap_and_no_duplicate(

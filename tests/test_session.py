@@ -64,6 +64,7 @@ def ready_session(transport: GatedTransport, outbox_frames: int = 100) -> Sessio
         auth=None,  # type: ignore[arg-type]
         bus=None,  # type: ignore[arg-type]
         drain=None,  # type: ignore[arg-type]
+        presence=None,  # type: ignore[arg-type]
     )
     session = Session(runtime, transport)
     session.state = SessionState.READY

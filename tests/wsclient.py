@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -16,6 +17,7 @@ from protocol.messages import (
     Hello,
     Join,
     Joined,
+    Presence,
     ServerMessage,
     TurnEnd,
     Welcome,
@@ -25,8 +27,12 @@ T = TypeVar("T")
 
 
 class Client:
+    """Presence frames arrive whenever a device joins or leaves anywhere; they are set
+    aside in ``presence`` (newest last) so other assertions can read frames in order."""
+
     def __init__(self, ws: websockets.ClientConnection) -> None:
         self.ws = ws
+        self.presence: list[Presence] = []
 
     @classmethod
     async def connect(cls, url: str, **kwargs: Any) -> Client:
@@ -42,8 +48,23 @@ class Client:
         await self.ws.send(orjson.dumps(data).decode() if isinstance(data, dict) else data)
 
     async def recv(self, timeout: float = 10) -> ServerMessage:
-        raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        return decode_server(raw)
+        async with asyncio.timeout(timeout):
+            while True:
+                message = decode_server(await self.ws.recv())
+                if not isinstance(message, Presence):
+                    return message
+                self.presence.append(message)
+
+    async def presence_where(
+        self, check: Callable[[Presence], bool], timeout: float = 10
+    ) -> Presence:
+        """Wait until a presence frame satisfies ``check`` (other frames are dropped)."""
+        async with asyncio.timeout(timeout):
+            while not (self.presence and check(self.presence[-1])):
+                message = decode_server(await self.ws.recv())
+                if isinstance(message, Presence):
+                    self.presence.append(message)
+        return self.presence[-1]
 
     async def expect(self, kind: type[T], timeout: float = 10) -> T:
         message = await self.recv(timeout)
