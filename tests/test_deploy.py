@@ -1,0 +1,100 @@
+"""The deployment users copy: compose.yaml is valid Compose and sets only variables the
+server reads; the README's configuration table lists exactly what the server reads."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import yaml
+
+from chat_server.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class SpyEnv(Mapping[str, str]):
+    """An empty environment that remembers every variable asked for."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.asked.add(key)
+        return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def variables_read() -> set[str]:
+    spy = SpyEnv()
+    Settings.from_env(spy)
+    return spy.asked
+
+
+def test_the_server_reads_its_documented_variables() -> None:
+    read = variables_read()
+    assert {"DATABASE_URL", "REDIS_URL", "GEMINI_API_KEY", "JWT_SECRET", "PORT"} <= read
+    readme = (ROOT / "README.md").read_text()
+    table = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
+    assert table == read, f"README table drifted: missing {read - table}, extra {table - read}"
+
+
+def test_compose_file_is_valid_compose() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(ROOT / "compose.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_runs_two_replicas_behind_a_balancer_with_health_checks() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    replicas = [s for name, s in services.items() if name.startswith("server-")]
+    assert len(replicas) == 2
+    read = variables_read()
+    for service in replicas:
+        env = service["environment"]
+        assert set(env) <= read, f"compose sets variables the server ignores: {set(env) - read}"
+        assert env["REDIS_URL"].startswith("redis://")
+        assert env["DATABASE_URL"].startswith("postgresql://")
+        assert "healthcheck" in service
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert set(services["migrate"]["environment"]) <= read
+    assert services["migrate"]["command"][-1] == "migrate"
+    for name in ("postgres", "redis", "lb"):
+        assert "healthcheck" in services[name], name
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "proxy_set_header Upgrade $http_upgrade" in nginx
+    for service_name in (n for n in services if n.startswith("server-")):
+        assert f"server {service_name}:8000" in nginx
+
+
+def test_dockerfile_runs_as_non_root_from_a_slim_image_without_build_tools() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    final_stage = dockerfile.split("\nFROM ")[-1]
+    assert final_stage.startswith("python:3.11-slim")
+    assert "\nUSER chat" in final_stage
+    assert not re.search(r"apt-get install|gcc|build-essential", final_stage)
+    assert "HEALTHCHECK" in final_stage
