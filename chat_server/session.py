@@ -229,15 +229,13 @@ class Session:
                 await self._leave(message.conversation_id)
                 self.reply(Left(id=message.id, conversation_id=message.conversation_id))
             case Typing():
-                self._require_joined(message.conversation_id)
-                await self._rt.hub.publish(
+                await self._relay(
                     TypingEvent(
                         conversation_id=message.conversation_id,
                         user_id=self.subject,
                         session_id=self.id,
                         active=message.active,
-                    ),
-                    exclude=self.id,
+                    )
                 )
             case Ping():
                 self.reply(Pong(id=message.id))
@@ -485,17 +483,20 @@ class Session:
         if turn is not None:
             await self._rt.turns.start(stored, turn)
 
+    async def _relay(self, event: InputEvent | TypingEvent) -> None:
+        """Live, never stored: to the conversation's other devices on every replica."""
+        self._require_joined(event.conversation_id)
+        await self._rt.hub.publish(event, exclude=self.id)
+
     async def _input(self, message: Input) -> None:
-        self._require_joined(message.conversation_id)
-        await self._rt.hub.publish(
+        await self._relay(
             InputEvent(
                 conversation_id=message.conversation_id,
                 input_id=message.input_id,
                 text=message.text,
                 final=message.final,
                 user_id=self.subject,
-            ),
-            exclude=self.id,
+            )
         )
         if message.final:
             await self._send(message.input_id, message.conversation_id, message.text, None)

@@ -61,6 +61,20 @@ async def stored(db: async_sessionmaker[AsyncSession], cid: uuid.UUID) -> list[M
         return list(rows)
 
 
+async def two_devices(a: Replica, b: Replica) -> tuple[str, Client, Client, uuid.UUID]:
+    """One user with a device on each replica, both joined to a new conversation."""
+    user = new_user()
+    first, second = await on(a, user), await on(b, user)
+    cid = await first.create()
+    await join(second, cid)
+    return user, first, second, cid
+
+
+async def slow_turn(client: Client, cid: uuid.UUID, text: str) -> Ack:
+    await client.send(Send(id="1", conversation_id=cid, text=f"{text} {SLOW}"))
+    return await client.expect(Ack)
+
+
 def deltas(frames: list[ServerMessage]) -> list[tuple[int, str]]:
     return [(f.offset, f.text) for f in frames if isinstance(f, Delta)]
 
@@ -68,11 +82,7 @@ def deltas(frames: list[ServerMessage]) -> list[tuple[int, str]]:
 async def test_a_device_on_b_sees_the_reply_generated_on_a_token_by_token(
     replicas: Callable[..., list[Replica]],
 ) -> None:
-    a, b = replicas(2)
-    user = new_user()
-    sender, watcher = await on(a, user), await on(b, user)
-    cid = await sender.create()
-    await join(watcher, cid)
+    user, sender, watcher, cid = await two_devices(*replicas(2))
     await sender.send(Send(id="1", conversation_id=cid, text="hello " + directive(tokens=30)))
     await sender.expect(Ack)
     end_a, frames_a = await sender.until(TurnEnd)
@@ -122,13 +132,8 @@ async def test_reconnecting_to_the_other_replica_mid_stream_has_no_gap_and_no_du
 async def test_cancel_sent_to_b_stops_the_generation_running_on_a(
     replicas: Callable[..., list[Replica]], db: async_sessionmaker[AsyncSession]
 ) -> None:
-    a, b = replicas(2)
-    user = new_user()
-    sender, canceller = await on(a, user), await on(b, user)
-    cid = await sender.create()
-    await join(canceller, cid)
-    await sender.send(Send(id="1", conversation_id=cid, text="go " + SLOW))
-    await sender.expect(Ack)
+    _, sender, canceller, cid = await two_devices(*replicas(2))
+    await slow_turn(sender, cid, "go")
     await canceller.until(Delta)
     await canceller.until(Delta)
     sent_at = time.monotonic()
@@ -152,11 +157,7 @@ async def test_the_same_send_on_two_replicas_at_once_is_one_message_and_one_mode
     db: async_sessionmaker[AsyncSession],
     sim_requests: Callable[[], list[dict[str, Any]]],
 ) -> None:
-    a, b = replicas(2)
-    user = new_user()
-    one, two = await on(a, user), await on(b, user)
-    cid = await one.create()
-    await join(two, cid)
+    _, one, two, cid = await two_devices(*replicas(2))
     marker = uuid.uuid4().hex
     send = Send(id="retry", conversation_id=cid, text=f"once {marker}")
     await asyncio.gather(one.send(send), two.send(send))
@@ -175,12 +176,8 @@ async def test_a_killed_replicas_turn_ends_with_error_and_its_partial_text_is_st
     replicas: Callable[..., list[Replica]], db: async_sessionmaker[AsyncSession]
 ) -> None:
     a, b = replicas(2)
-    user = new_user()
-    sender, watcher = await on(a, user), await on(b, user)
-    cid = await sender.create()
-    await join(watcher, cid)
-    await sender.send(Send(id="1", conversation_id=cid, text="doomed " + SLOW))
-    await sender.expect(Ack)
+    _, sender, watcher, cid = await two_devices(a, b)
+    await slow_turn(sender, cid, "doomed")
     start, _ = await watcher.until(TurnStart)
     seen = ""
     while len(seen) < 20:
@@ -210,12 +207,8 @@ async def test_after_a_redis_restart_replicas_resubscribe_and_repair_the_gap(
     if os.environ.get("TEST_REDIS_URL"):
         pytest.skip("restarts the embedded Redis; TEST_REDIS_URL is not ours to restart")
     a, b = replicas(2)
-    user = new_user()
-    sender, watcher = await on(a, user), await on(b, user)
-    cid = await sender.create()
-    await join(watcher, cid)
-    await sender.send(Send(id="1", conversation_id=cid, text="through the outage " + SLOW))
-    await sender.expect(Ack)
+    _, sender, watcher, cid = await two_devices(a, b)
+    await slow_turn(sender, cid, "through the outage")
     await watcher.until(Delta)
 
     redis_server.stop()
@@ -255,12 +248,8 @@ async def test_sigterm_drains_go_away_then_replies_finish_then_1012(
     replicas: Callable[..., list[Replica]], db: async_sessionmaker[AsyncSession]
 ) -> None:
     a, b = replicas(2)
-    user = new_user()
-    leaving, staying = await on(a, user), await on(b, user)
-    cid = await leaving.create()
-    await join(staying, cid)
-    await leaving.send(Send(id="1", conversation_id=cid, text="finish me " + SLOW))
-    await leaving.expect(Ack)
+    _, leaving, staying, cid = await two_devices(a, b)
+    await slow_turn(leaving, cid, "finish me")
     await staying.until(Delta)
 
     a.process.send_signal(signal.SIGTERM)

@@ -55,6 +55,15 @@ async def turn(client: Client, cid: uuid.UUID, text: str, id: str | None = None)
     return ack, [*frames, end]
 
 
+async def streaming_turn(client: Client, text: str) -> tuple[uuid.UUID, TurnStart]:
+    """A new conversation with a long, slow reply under way (one delta already out)."""
+    cid = await client.create()
+    await client.send(Send(id="c", conversation_id=cid, text=text + directive(tps=30, tokens=200)))
+    await client.expect(Ack)
+    start, _ = await client.until(TurnStart)
+    return cid, start
+
+
 async def rows(db: async_sessionmaker[AsyncSession], cid: uuid.UUID) -> list[MessageRow]:
     async with db() as s:
         result = await s.scalars(
@@ -300,12 +309,7 @@ async def test_cancel_mid_stream_stores_the_partial_reply_as_interrupted(
     server: RunningServer, db: async_sessionmaker[AsyncSession]
 ) -> None:
     client = await device(server, new_user())
-    cid = await client.create()
-    await client.send(
-        Send(id="c", conversation_id=cid, text="talk " + directive(tps=30, tokens=200))
-    )
-    await client.expect(Ack)
-    start, _ = await client.until(TurnStart)
+    cid, start = await streaming_turn(client, "talk ")
     await client.until(Delta)
     await client.send(Cancel(conversation_id=cid))
     end, frames = await client.until(TurnEnd, timeout=5)
@@ -325,12 +329,7 @@ async def test_cancel_with_heard_chars_keeps_exactly_what_was_heard(
     sim_requests: Callable[[], list[dict[str, Any]]],
 ) -> None:
     client = await device(server, new_user())
-    cid = await client.create()
-    await client.send(
-        Send(id="c", conversation_id=cid, text="speak " + directive(tps=30, tokens=200))
-    )
-    await client.expect(Ack)
-    start, _ = await client.until(TurnStart)
+    cid, start = await streaming_turn(client, "speak ")
     text = ""
     while len(text) < 12:
         text += (await client.expect(Delta)).text
