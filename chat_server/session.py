@@ -17,6 +17,8 @@ import collections
 import contextlib
 import enum
 import logging
+import re
+import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from chat_server.inflight import InflightTurn
 from chat_server.presence import Device, PresenceStore
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
-from chat_server.turns import Turns, message_info
+from chat_server.turns import Prepared, Turns, message_info
 from protocol import decode_client, decode_server, encode
 from protocol.errors import RETRYABLE, CloseCode, Disconnect, ErrorCode, ErrorReply
 from protocol.messages import (
@@ -50,6 +52,7 @@ from protocol.messages import (
     HistoryPage,
     Input,
     InputEvent,
+    InterruptOn,
     Join,
     Joined,
     Leave,
@@ -60,6 +63,7 @@ from protocol.messages import (
     Pong,
     Presence,
     Send,
+    SessionOptions,
     TurnStart,
     Typing,
     TypingEvent,
@@ -70,6 +74,12 @@ log = logging.getLogger(__name__)
 
 MAX_JOINED = 64  # conversations one connection may join at once
 FINISHED_MEMORY = 256  # recently finished turns remembered, to drop their late events
+PREPARED_FRESH_S = 5.0  # a route/history prepared from partials is reused this long
+INTERRUPT_WAIT_S = 2.0  # how long a final input waits for the reply it interrupted to store
+
+# Where a phrase may end for text-to-speech: Japanese/full-width punctuation at once,
+# English punctuation only when followed by a space (so "3.14" or "e.g" stay whole).
+_PHRASE_END = re.compile(r"[。、！？，．…\n]|[.,;:!?](?:\s+)")
 
 
 class Transport(Protocol):
@@ -132,6 +142,17 @@ class SessionState(enum.Enum):
 
 
 @dataclass(eq=False)
+class _Speech:
+    """A reply's text held back until a phrase ends (speech_chunks)."""
+
+    conversation_id: uuid.UUID
+    turn_id: uuid.UUID
+    offset: int  # where ``pending`` starts in the reply
+    pending: str = ""
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
 class _Joined:
     # Live events that arrive while the join replays from Postgres; None once live.
     buffer: list[Event] | None = field(default_factory=list)
@@ -165,6 +186,10 @@ class Session:
         self._finished: dict[uuid.UUID, None] = {}  # ordered set, FINISHED_MEMORY newest
         self._repairing: set[uuid.UUID] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.options = SessionOptions()
+        self._speech: dict[uuid.UUID, _Speech] = {}
+        self._prepared: dict[uuid.UUID, tuple[float, asyncio.Task[Prepared]]] = {}
+        self._interrupted_by: set[str] = set()  # input ids that already interrupted
 
     # ------------------------------------------------------------------ inbound
 
@@ -254,6 +279,7 @@ class Session:
                 s, self.subject, default_model=self._rt.settings.gemini_model
             )
         self.user_id = user.id
+        self.options = hello.options
         self.state = SessionState.READY
         settings = self._rt.settings
         self.reply(
@@ -312,6 +338,8 @@ class Session:
                     )
         await self._leave(conversation_id)  # a repeated join starts over
         state = self._joined[conversation_id] = _Joined()
+        for turn_id, held in (join.offsets or {}).items():
+            self._offsets[turn_id] = held  # the client has this much of a streaming reply
         await self._rt.hub.join(conversation_id, self)
         try:
             await self._replay(join, conversation_id, state)
@@ -462,7 +490,12 @@ class Session:
             log.warning("session %s: repair failed: %r", self.id, task.exception())
 
     async def _send(
-        self, client_id: str, conversation_id: uuid.UUID, text: str, assistant_id: uuid.UUID | None
+        self,
+        client_id: str,
+        conversation_id: uuid.UUID,
+        text: str,
+        assistant_id: uuid.UUID | None,
+        prepared: Prepared | None = None,
     ) -> None:
         self._require_joined(conversation_id)
         stored, turn = await self._rt.turns.store(
@@ -471,6 +504,7 @@ class Session:
             client_id=client_id,
             text=text,
             assistant_id=assistant_id,
+            prepared=prepared,
         )
         self.reply(
             Ack(
@@ -498,8 +532,55 @@ class Session:
                 user_id=self.subject,
             )
         )
+        interrupted = await self._maybe_interrupt(message)
         if message.final:
-            await self._send(message.input_id, message.conversation_id, message.text, None)
+            prepared = await self._take_prepared(message.conversation_id)
+            if interrupted:
+                prepared = None  # the interrupted reply's stored text changed the history
+            await self._send(
+                message.input_id, message.conversation_id, message.text, None, prepared
+            )
+        elif self.options.early_routing:
+            self._prepare(message.conversation_id)
+
+    async def _maybe_interrupt(self, message: Input) -> bool:
+        """Barge-in by voice: the user speaking over a reply stops it, keeping what was
+        heard. Returns whether a reply was interrupted (and its text stored)."""
+        when = self.options.interrupt_on
+        if when is InterruptOn.NEVER or message.input_id in self._interrupted_by:
+            return False
+        if when is InterruptOn.FINAL and not message.final:
+            return False
+        self._interrupted_by.add(message.input_id)
+        if len(self._interrupted_by) > FINISHED_MEMORY:
+            self._interrupted_by.pop()
+        try:
+            turn_id = await self._rt.turns.cancel(
+                message.conversation_id, None, message.heard_chars
+            )
+        except ErrorReply:  # nothing streaming: nothing to interrupt
+            return False
+        return await self._rt.turns.wait_finished(turn_id, INTERRUPT_WAIT_S)
+
+    def _prepare(self, conversation_id: uuid.UUID) -> None:
+        """Early routing: work out the route and history while the user still speaks."""
+        current = self._prepared.get(conversation_id)
+        if current is not None and time.monotonic() - current[0] < PREPARED_FRESH_S:
+            return
+        task = asyncio.create_task(
+            self._rt.turns.prepare(owner_id=self._owner, conversation_id=conversation_id)
+        )
+        task.add_done_callback(_consume_exception)
+        self._prepared[conversation_id] = (time.monotonic(), task)
+
+    async def _take_prepared(self, conversation_id: uuid.UUID) -> Prepared | None:
+        entry = self._prepared.pop(conversation_id, None)
+        if entry is None or time.monotonic() - entry[0] > PREPARED_FRESH_S:
+            return None
+        try:
+            return await entry[1]
+        except Exception:  # preparing is an optimisation; the turn routes itself
+            return None
 
     async def _history(self, message: History) -> None:
         async with self._rt.db.begin() as s:
@@ -576,7 +657,58 @@ class Session:
             if event.offset < have:
                 event = _delta_event(event, have, event.text[have - event.offset :])
             self._offsets[turn_id] = end
+            if self.options.speech_chunks:
+                self._speak(event)
+                return
+        if turn_id is not None and event.kind in ("message", "turn_end"):
+            self._speech_flush(turn_id)
         self._enqueue(event)
+
+    # ------------------------------------------------------------------ speech chunks
+
+    def _speak(self, event: Event) -> None:
+        assert event.conversation_id is not None
+        assert event.turn_id is not None
+        speech = self._speech.get(event.turn_id)
+        if speech is None:
+            speech = _Speech(event.conversation_id, event.turn_id, offset=event.offset)
+            self._speech[event.turn_id] = speech
+        speech.pending += event.text
+        cut = 0
+        for match in _PHRASE_END.finditer(speech.pending):
+            cut = match.end()
+        if cut:
+            self._speech_emit(speech, cut)
+        if speech.pending and speech.timer is None:
+            wait_s = self.options.speech_max_wait_ms / 1000
+            speech.timer = asyncio.get_running_loop().call_later(
+                wait_s, self._speech_emit, speech, None
+            )
+
+    def _speech_emit(self, speech: _Speech, cut: int | None) -> None:
+        """Send the pending text up to ``cut`` (all of it at the maximum wait)."""
+        if speech.timer is not None:  # what is left starts its own wait
+            speech.timer.cancel()
+            speech.timer = None
+        cut = len(speech.pending) if cut is None else cut
+        if not cut or self._speech.get(speech.turn_id) is not speech:
+            return
+        text, speech.pending = speech.pending[:cut], speech.pending[cut:]
+        delta = Delta(
+            conversation_id=speech.conversation_id,
+            turn_id=speech.turn_id,
+            offset=speech.offset,
+            text=text,
+        )
+        speech.offset += cut
+        self._enqueue(Event.of(delta))
+
+    def _speech_flush(self, turn_id: uuid.UUID) -> None:
+        """The reply ended: what is still held goes out before its turn_end."""
+        speech = self._speech.get(turn_id)
+        if speech is not None:
+            self._speech_emit(speech, None)
+            del self._speech[turn_id]
 
     def _enqueue(self, event: Event) -> None:
         if self._close is not None:
@@ -625,8 +757,18 @@ class Session:
         self.state = SessionState.CLOSING
         for task in list(self._tasks):
             task.cancel()
+        for _, prepared in self._prepared.values():
+            prepared.cancel()
+        for speech in self._speech.values():
+            if speech.timer is not None:
+                speech.timer.cancel()
         for conversation_id in list(self._joined):
             await self._leave(conversation_id)
+
+
+def _consume_exception(task: asyncio.Task[Prepared]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved here so an unused failure is not logged as lost
 
 
 def _start(turn: InflightTurn) -> TurnStart:

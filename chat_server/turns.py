@@ -80,6 +80,17 @@ def message_info(row: MessageRow) -> MessageInfo:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A turn worked out ahead (early routing, while a voice user is still speaking):
+    the route and the model history, as of ``last_seq``."""
+
+    conversation_id: uuid.UUID
+    decision: router.Decision
+    history: list[ChatTurn]
+    last_seq: int
+
+
 class TurnState(enum.Enum):
     STREAMING = "streaming"
     FINISHING = "finishing"  # writing the final text; cancel no longer applies
@@ -96,6 +107,7 @@ class ActiveTurn:
     heard_chars: int | None = None  # set by a cancel with heard_chars
     cancel_requested: bool = False
     shared_ok: bool = True  # false after an append to the shared state failed
+    history: list[ChatTurn] | None = None  # prepared ahead; else loaded when generating
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -124,23 +136,10 @@ class Turns:
 
     # ------------------------------------------------------------------ submit
 
-    async def store(
-        self,
-        *,
-        owner_id: uuid.UUID,
-        conversation_id: uuid.UUID,
-        client_id: str,
-        text: str,
-        assistant_id: uuid.UUID | None,
-    ) -> tuple[queries.StoredTurn, ActiveTurn | None]:
-        """Route and commit a user turn. The caller acks, then calls ``start``."""
-        if len(text) > self._settings.max_text_chars:
-            raise ErrorReply(
-                ErrorCode.TEXT_TOO_LONG,
-                f"text is {len(text)} characters; the limit is {self._settings.max_text_chars}",
-            )
-        if not text.strip():
-            raise ErrorReply(ErrorCode.BAD_MESSAGE, "text must not be empty")
+    async def prepare(self, *, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> Prepared:
+        """Do ahead what a turn needs before its text is final: routing and history.
+        While a reply is streaming the history is not final either: then only the
+        route is prepared (``last_seq`` -1 makes ``store`` load the history)."""
         async with self._db.begin() as s:
             conversation = await queries.get_conversation(s, owner_id, conversation_id)
             if conversation is None:
@@ -149,8 +148,56 @@ class Turns:
                 s,
                 owner_id=owner_id,
                 default_assistant_id=conversation.default_assistant_id,
-                explicit_assistant_id=assistant_id,
+                explicit_assistant_id=None,
             )
+            rows = await queries.context_window(
+                s,
+                conversation_id,
+                before_seq=conversation.last_seq + 1,
+                limit=self._settings.history_messages - 1,
+            )
+        settled = not await self.inflight.active(conversation_id)
+        last_seq = conversation.last_seq if settled else -1
+        return Prepared(conversation_id, decision, _chat_turns(rows), last_seq)
+
+    async def store(
+        self,
+        *,
+        owner_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        client_id: str,
+        text: str,
+        assistant_id: uuid.UUID | None,
+        prepared: Prepared | None = None,
+    ) -> tuple[queries.StoredTurn, ActiveTurn | None]:
+        """Route and commit a user turn. The caller acks, then calls ``start``.
+
+        With ``prepared`` (and no explicit assistant) the route is not worked out again,
+        and if nothing was stored in between, neither is the history."""
+        if len(text) > self._settings.max_text_chars:
+            raise ErrorReply(
+                ErrorCode.TEXT_TOO_LONG,
+                f"text is {len(text)} characters; the limit is {self._settings.max_text_chars}",
+            )
+        if not text.strip():
+            raise ErrorReply(ErrorCode.BAD_MESSAGE, "text must not be empty")
+        if assistant_id is not None or (prepared and prepared.conversation_id != conversation_id):
+            prepared = None
+        async with self._db.begin() as s:
+            if prepared is not None:
+                decision = prepared.decision  # the session joined it: ownership is known
+            else:
+                conversation = await queries.get_conversation(s, owner_id, conversation_id)
+                if conversation is None:
+                    raise ErrorReply(
+                        ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found"
+                    )
+                decision = await router.route(
+                    s,
+                    owner_id=owner_id,
+                    default_assistant_id=conversation.default_assistant_id,
+                    explicit_assistant_id=assistant_id,
+                )
             route = RouteInfo(reason=decision.reason, skill=decision.skill, score=decision.score)
             stored = await queries.store_turn(
                 s,
@@ -177,6 +224,8 @@ class Turns:
             system_prompt=decision.assistant.system_prompt,
             user_seq=stored.user_message.seq,
         )
+        if prepared is not None and prepared.last_seq == stored.user_message.seq - 1:
+            turn.history = [*prepared.history, ChatTurn("user", text)]
         return stored, turn
 
     async def start(self, stored: queries.StoredTurn, turn: ActiveTurn) -> None:
@@ -199,7 +248,7 @@ class Turns:
 
     async def cancel(
         self, conversation_id: uuid.UUID, turn_id: uuid.UUID | None, heard_chars: int | None
-    ) -> None:
+    ) -> uuid.UUID:
         """Stop a streaming reply (the newest if no ``turn_id``), on whichever replica
         runs it; that replica stores what is kept and sends ``turn_end``."""
         running = await self.inflight.active(conversation_id)
@@ -218,6 +267,20 @@ class Turns:
         else:
             request = CancelRequest(turn_id=target.turn_id, heard_chars=heard_chars)
             await self._bus.publish(CONTROL_CHANNEL, _control_encoder.encode(request))
+        return target.turn_id
+
+    async def wait_finished(self, turn_id: uuid.UUID, timeout_s: float) -> bool:
+        """Wait until a reply's final text is stored (it may run on another replica)."""
+        local = self._active.get(turn_id)
+        if local is not None and local.task is not None:
+            done, _ = await asyncio.wait([local.task], timeout=timeout_s)
+            return bool(done)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while await self.inflight.get(turn_id) is not None:  # ended after the final write
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     def _cancel_local(self, turn: ActiveTurn, heard_chars: int | None) -> None:
         if turn.cancel_requested or turn.state is not TurnState.STREAMING:
@@ -339,17 +402,20 @@ class Turns:
             raise asyncio.CancelledError
 
     async def _generate(self, turn: ActiveTurn) -> tuple[FinishReason, Usage]:
-        async with self._db.begin() as s:
-            rows = await queries.context_window(
-                s,
-                turn.conversation_id,
-                before_seq=turn.user_seq + 1,
-                limit=self._settings.history_messages,
-            )
+        history = turn.history
+        if history is None:
+            async with self._db.begin() as s:
+                rows = await queries.context_window(
+                    s,
+                    turn.conversation_id,
+                    before_seq=turn.user_seq + 1,
+                    limit=self._settings.history_messages,
+                )
+            history = _chat_turns(rows)
         request = LLMRequest(
             model=turn.start.model,
             system_prompt=turn.system_prompt,
-            history=[ChatTurn("user" if r.role == "user" else "model", r.text) for r in rows],
+            history=history,
             max_output_tokens=self._settings.max_output_tokens,
         )
         usage = Usage()
@@ -453,6 +519,10 @@ class Turns:
         with contextlib.suppress(Exception):
             await self.inflight.end(turn_id, conversation_id)
         return row is not None
+
+
+def _chat_turns(rows: list[MessageRow]) -> list[ChatTurn]:
+    return [ChatTurn("user" if r.role == "user" else "model", r.text) for r in rows]
 
 
 def _builtins(value: Any) -> Any:

@@ -63,20 +63,45 @@ class ConversationCreate(msgspec.Struct, omit_defaults=True, kw_only=True):
     assistant_id: uuid.UUID | None = None
 
 
+class InterruptOn(enum.StrEnum):
+    """When a voice ``input`` interrupts the reply streaming in its conversation."""
+
+    FINAL = "final"  # a final transcript (the user finished speaking over the reply)
+    PARTIAL = "partial"  # the first partial of an utterance (the user started speaking)
+    NEVER = "never"
+
+
+class SessionOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Per-connection behaviour, chosen in ``hello``. Defaults suit text chat."""
+
+    interrupt_on: InterruptOn = InterruptOn.FINAL
+    # Deltas cut at sentence/clause ends (。、！？ and English punctuation + space) so
+    # text-to-speech starts on whole phrases; unfinished text waits at most this long.
+    speech_chunks: bool = False
+    speech_max_wait_ms: Annotated[int, msgspec.Meta(ge=50, le=10_000)] = 700
+    # Partial transcripts prepare the turn (route, history) before the final one.
+    early_routing: bool = True
+
+
 class Hello(_Frame, tag="hello", kw_only=True):
     id: RequestId | None = None
     token: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     client: ShortText | None = None  # free-form client name/version, for logs
     protocol: int = PROTOCOL_VERSION
+    options: SessionOptions = msgspec.field(default_factory=SessionOptions)
 
 
 class Join(_Frame, tag="join", kw_only=True):
-    """Join ``conversation_id``, or create one with ``create``; exactly one of the two."""
+    """Join ``conversation_id``, or create one with ``create``; exactly one of the two.
+
+    ``offsets`` (turn id → characters held) lets a client resuming mid-reply get only
+    the text it lacks: no turn_start again, and deltas from that offset on."""
 
     id: RequestId | None = None
     conversation_id: uuid.UUID | None = None
     create: ConversationCreate | None = None
     after_seq: Seq | None = None
+    offsets: Annotated[dict[uuid.UUID, Seq], msgspec.Meta(max_length=16)] | None = None
 
 
 class Send(_Frame, tag="send", kw_only=True):
@@ -96,6 +121,8 @@ class Input(_Frame, tag="input", kw_only=True):
     input_id: RequestId
     text: Text
     final: bool = False
+    # Characters of the reply being interrupted that the user heard (see interrupt_on).
+    heard_chars: Seq | None = None
 
 
 class Cancel(_Frame, tag="cancel", kw_only=True):
