@@ -2,6 +2,8 @@
 
 ``python -m chat_server migrate`` only applies the migrations (the one-shot step of a
 deployment). Serving migrates too; an advisory lock makes concurrent starts safe.
+``python -m chat_server stop-db`` stops the embedded Postgres of DATA_DIR, which is
+otherwise left running so the next start is instant.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ def main(argv: list[str]) -> int:
     # pgserver logs every initdb/pg_ctl line at INFO; alembic each step.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if argv[:1] == ["stop-db"]:
+        stopped = embedded.stop((settings.data_dir / "pg").resolve())
+        print("embedded Postgres stopped" if stopped else "no embedded Postgres was running")
+        return 0
     if settings.database_url is None:
         url, _ = embedded.start((settings.data_dir / "pg").resolve())
         log.info("DATABASE_URL not set: using embedded Postgres in %s", settings.data_dir / "pg")

@@ -7,12 +7,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import orjson
 import websockets
 
-from protocol import decode_server, encode
+from load.client import ProtocolClient
+from protocol import decode_server
 from protocol.messages import (
-    ClientMessage,
     Delta,
     Hello,
     Join,
@@ -26,34 +25,8 @@ from protocol.messages import (
 T = TypeVar("T")
 
 
-class Client:
-    """Presence frames arrive whenever a device joins or leaves anywhere; they are set
-    aside in ``presence`` (newest last) so other assertions can read frames in order."""
-
-    def __init__(self, ws: websockets.ClientConnection) -> None:
-        self.ws = ws
-        self.presence: list[Presence] = []
-
-    @classmethod
-    async def connect(cls, url: str, **kwargs: Any) -> Client:
-        return cls(await websockets.connect(url, open_timeout=10, **kwargs))
-
-    async def close(self) -> None:
-        await self.ws.close()
-
-    async def send(self, message: ClientMessage) -> None:
-        await self.ws.send(encode(message).decode())
-
-    async def send_raw(self, data: str | bytes | dict[str, Any]) -> None:
-        await self.ws.send(orjson.dumps(data).decode() if isinstance(data, dict) else data)
-
-    async def recv(self, timeout: float = 10) -> ServerMessage:
-        async with asyncio.timeout(timeout):
-            while True:
-                message = decode_server(await self.ws.recv())
-                if not isinstance(message, Presence):
-                    return message
-                self.presence.append(message)
+class Client(ProtocolClient):
+    """The load harness's protocol client plus assertions for tests."""
 
     async def presence_where(
         self, check: Callable[[Presence], bool], timeout: float = 10
