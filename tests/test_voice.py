@@ -243,3 +243,29 @@ async def test_phrase_pattern_matches_the_servers() -> None:
     for text, cut in [("Hello, wor", 7), ("3.14 is", 0), ("はい、そう。で", 6), ("Why? ", 5)]:
         ends = [m.end() for m in _PHRASE_END.finditer(text)]
         assert (ends[-1] if ends else 0) == cut, text
+
+
+async def test_with_interrupt_on_partial_the_first_partial_stops_the_reply(
+    server: RunningServer,
+) -> None:
+    client = await voice(server, new_user(), interrupt_on=InterruptOn.PARTIAL)
+    cid = await client.create()
+    await client.send(Send(id="t", conversation_id=cid, text="go " + directive(tps=30, tokens=200)))
+    await client.expect(Ack)
+    start, _ = await client.until(TurnStart)
+    await client.until(Delta)
+    await client.send(Input(conversation_id=cid, input_id="u", text="wait", heard_chars=2))
+    end, _ = await client.until(TurnEnd, timeout=5)
+    assert (end.turn_id, end.finish_reason, len(end.message.text)) == (
+        start.turn_id,
+        "interrupted",
+        2,
+    )
+    # Later partials of the same utterance, and its final, interrupt nothing more.
+    await client.send(Input(conversation_id=cid, input_id="u", text="wait a"))
+    await client.send(Input(conversation_id=cid, input_id="u", text="wait a sec", final=True))
+    ack, _ = await client.until(Ack)
+    assert ack.id == "u"
+    second, _ = await client.until(TurnEnd)
+    assert second.finish_reason == "stop"
+    await client.close()
