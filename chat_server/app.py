@@ -16,7 +16,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from chat_server import http
+from chat_server import api, http
 from chat_server.auth import Authenticator
 from chat_server.bus import Bus
 from chat_server.bus.memory import MemoryBus
@@ -24,13 +24,14 @@ from chat_server.config import Settings
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.inflight.memory import MemoryInflight
-from chat_server.llm.gemini import GeminiProvider
+from chat_server.llm.gemini import GeminiEmbedder, GeminiProvider
 from chat_server.llm.simulator import SimConfig, create_simulator
 from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore
 from chat_server.presence.memory import MemoryPresence
+from chat_server.router.embedding import DIM, Embedder, HashingEmbedder
 from chat_server.session import Drain, Runtime
 from chat_server.storage.db import make_engine, make_sessionmaker
-from chat_server.turns import Turns
+from chat_server.turns import Turns, reembed
 from chat_server.ws import websocket_endpoint
 
 log = logging.getLogger("chat_server")
@@ -107,12 +108,20 @@ def create_app(settings: Settings) -> Starlette:
             llm = GeminiProvider(
                 api_key=api_key, base_url=base_url, attempts=settings.gemini_attempts
             )
+            embedder: Embedder = (
+                GeminiEmbedder(
+                    api_key=api_key, base_url=base_url, model=settings.gemini_embed_model, dim=DIM
+                )
+                if settings.embedder == "gemini"
+                else HashingEmbedder()
+            )
             turns = Turns(
                 db=make_sessionmaker(engine),
                 hub=hub,
                 bus=bus,
                 inflight=inflight,
                 llm=llm,
+                embedder=embedder,
                 settings=settings,
             )
             runtime = Runtime(
@@ -126,6 +135,13 @@ def create_app(settings: Settings) -> Starlette:
                 presence=presence,
             )
             app.state.runtime = runtime
+            if mount_simulator and settings.embedder == "gemini":
+                # The built-in simulator answers only once this app serves.
+                log.warning("EMBEDDER=gemini with the built-in simulator: no re-embedding")
+            else:
+                embedded = await reembed(make_sessionmaker(engine), embedder)
+                if embedded:
+                    log.info("re-embedded %d skills and examples with %s", embedded, embedder.name)
             ended = await turns.sweep()
             if ended:
                 log.warning("ended %d replies whose replica is gone", ended)
@@ -140,6 +156,7 @@ def create_app(settings: Settings) -> Starlette:
                     task.cancel()
                 await turns.shutdown()
                 await llm.aclose()
+                await embedder.aclose()
                 await bus.aclose()
                 await engine.dispose()
 
@@ -148,6 +165,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/health", http.health),
         Route("/ready", http.ready),
         Route("/protocol.json", http.protocol_schema),
+        *api.routes(),
     ]
     if mount_simulator:
         sim = SimConfig(ttft_s=settings.sim_ttft_ms / 1000, tokens_per_s=settings.sim_tokens_per_s)

@@ -50,6 +50,10 @@ class Settings:
     llm_stall_s: float = 30.0  # LLM_STALL_S: no chunk for this long ends a reply with error
     max_output_tokens: int = 2048  # MAX_OUTPUT_TOKENS
     history_messages: int = 20  # HISTORY_MESSAGES: past messages sent to the model
+    history_tokens: int = 6000  # HISTORY_TOKENS: ... and at most this many (estimated) tokens
+    # EMBEDDER: hashing (offline) | gemini; default gemini with GEMINI_API_KEY, else hashing.
+    embedder: str = "hashing"
+    gemini_embed_model: str = "gemini-embedding-001"  # GEMINI_EMBED_MODEL
     # JWT_SECRET: HS256 key for ``hello.token``; unset → dev mode (token = user id).
     jwt_secret: Secret | None = None
     allowed_origins: tuple[str, ...] = ()  # ALLOWED_ORIGINS: comma list; empty → any
@@ -86,6 +90,9 @@ class Settings:
                 raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
             return float(value) if kind is float else int(value)
 
+        embedder = env.get("EMBEDDER") or ("gemini" if secret("GEMINI_API_KEY") else "hashing")
+        if embedder not in ("hashing", "gemini"):
+            raise ConfigError(f"EMBEDDER must be hashing or gemini, got {embedder!r}")
         jwt_secret = secret("JWT_SECRET")
         if jwt_secret is not None and len(jwt_secret.value.encode()) < 32:
             raise ConfigError("JWT_SECRET must be at least 32 bytes (RFC 7518 section 3.2)")
@@ -104,6 +111,9 @@ class Settings:
             llm_stall_s=num("LLM_STALL_S", d.llm_stall_s, float),
             max_output_tokens=int(num("MAX_OUTPUT_TOKENS", d.max_output_tokens)),
             history_messages=int(num("HISTORY_MESSAGES", d.history_messages)),
+            history_tokens=int(num("HISTORY_TOKENS", d.history_tokens)),
+            embedder=embedder,
+            gemini_embed_model=env.get("GEMINI_EMBED_MODEL", d.gemini_embed_model),
             jwt_secret=jwt_secret,
             allowed_origins=tuple(
                 o.strip() for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip()

@@ -317,15 +317,12 @@ class Session:
             )
         if join.create is not None:
             async with self._rt.db.begin() as s:
-                assistant_id = join.create.assistant_id
-                if assistant_id is not None:
-                    if await queries.get_assistant(s, self._owner, assistant_id) is None:
-                        raise ErrorReply(ErrorCode.NOT_FOUND, f"assistant {assistant_id} not found")
-                else:
-                    first = await queries.first_assistant(s, self._owner)
-                    assistant_id = first.id if first else None
-                created = await queries.create_conversation(
-                    s, self._owner, title=join.create.title, default_assistant_id=assistant_id
+                created = await queries.new_conversation(
+                    s, self._owner, title=join.create.title, assistant_id=join.create.assistant_id
+                )
+            if created is None:
+                raise ErrorReply(
+                    ErrorCode.NOT_FOUND, f"assistant {join.create.assistant_id} not found"
                 )
             conversation_id = created.id
         else:
@@ -541,7 +538,7 @@ class Session:
                 message.input_id, message.conversation_id, message.text, None, prepared
             )
         elif self.options.early_routing:
-            self._prepare(message.conversation_id)
+            self._prepare(message.conversation_id, message.text)
 
     async def _maybe_interrupt(self, message: Input) -> bool:
         """Barge-in by voice: the user speaking over a reply stops it, keeping what was
@@ -562,13 +559,13 @@ class Session:
             return False
         return await self._rt.turns.wait_finished(turn_id, INTERRUPT_WAIT_S)
 
-    def _prepare(self, conversation_id: uuid.UUID) -> None:
+    def _prepare(self, conversation_id: uuid.UUID, text: str) -> None:
         """Early routing: work out the route and history while the user still speaks."""
         current = self._prepared.get(conversation_id)
         if current is not None and time.monotonic() - current[0] < PREPARED_FRESH_S:
             return
         task = asyncio.create_task(
-            self._rt.turns.prepare(owner_id=self._owner, conversation_id=conversation_id)
+            self._rt.turns.prepare(owner_id=self._owner, conversation_id=conversation_id, text=text)
         )
         task.add_done_callback(_consume_exception)
         self._prepared[conversation_id] = (time.monotonic(), task)

@@ -29,6 +29,7 @@ from chat_server.config import Settings
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.llm import ChatTurn, LLMError, LLMProvider, LLMRequest
+from chat_server.router.embedding import Embedder
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
 from protocol import decode_server, encode
@@ -124,6 +125,7 @@ class Turns:
         bus: Bus,
         inflight: Inflight,
         llm: LLMProvider,
+        embedder: Embedder,
         settings: Settings,
     ) -> None:
         self._db = db
@@ -131,15 +133,27 @@ class Turns:
         self._bus = bus
         self.inflight = inflight
         self._llm = llm
+        self.embedder = embedder
         self._settings = settings
         self._active: dict[uuid.UUID, ActiveTurn] = {}
 
     # ------------------------------------------------------------------ submit
 
-    async def prepare(self, *, owner_id: uuid.UUID, conversation_id: uuid.UUID) -> Prepared:
+    async def embed_turn(self, text: str) -> list[float] | None:
+        """The turn's vector for skill matching; None (route without skills) on failure."""
+        try:
+            return (await self.embedder.embed([text]))[0]
+        except Exception:
+            log.warning("embedding failed; routing without skills", exc_info=True)
+            return None
+
+    async def prepare(
+        self, *, owner_id: uuid.UUID, conversation_id: uuid.UUID, text: str
+    ) -> Prepared:
         """Do ahead what a turn needs before its text is final: routing and history.
         While a reply is streaming the history is not final either: then only the
         route is prepared (``last_seq`` -1 makes ``store`` load the history)."""
+        vector = await self.embed_turn(text)
         async with self._db.begin() as s:
             conversation = await queries.get_conversation(s, owner_id, conversation_id)
             if conversation is None:
@@ -147,6 +161,9 @@ class Turns:
             decision = await router.route(
                 s,
                 owner_id=owner_id,
+                text=text,
+                vector=vector,
+                embedder=self.embedder.name,
                 default_assistant_id=conversation.default_assistant_id,
                 explicit_assistant_id=None,
             )
@@ -183,6 +200,7 @@ class Turns:
             raise ErrorReply(ErrorCode.BAD_MESSAGE, "text must not be empty")
         if assistant_id is not None or (prepared and prepared.conversation_id != conversation_id):
             prepared = None
+        vector = None if prepared or assistant_id else await self.embed_turn(text)
         async with self._db.begin() as s:
             if prepared is not None:
                 decision = prepared.decision  # the session joined it: ownership is known
@@ -195,10 +213,13 @@ class Turns:
                 decision = await router.route(
                     s,
                     owner_id=owner_id,
+                    text=text,
+                    vector=vector,
+                    embedder=self.embedder.name,
                     default_assistant_id=conversation.default_assistant_id,
                     explicit_assistant_id=assistant_id,
                 )
-            route = RouteInfo(reason=decision.reason, skill=decision.skill, score=decision.score)
+            route = route_info(decision)
             stored = await queries.store_turn(
                 s,
                 conversation_id,
@@ -415,7 +436,7 @@ class Turns:
         request = LLMRequest(
             model=turn.start.model,
             system_prompt=turn.system_prompt,
-            history=history,
+            history=router.fit_history(history, self._settings.history_tokens),
             max_output_tokens=self._settings.max_output_tokens,
         )
         usage = Usage()
@@ -519,6 +540,34 @@ class Turns:
         with contextlib.suppress(Exception):
             await self.inflight.end(turn_id, conversation_id)
         return row is not None
+
+
+def route_info(decision: router.Decision) -> RouteInfo:
+    analysis = decision.analysis
+    return RouteInfo(
+        reason=decision.reason,
+        skill=decision.skill,
+        skill_id=decision.skill_id,
+        score=decision.score,
+        language=analysis.language,
+        kind=analysis.kind,
+        complexity=analysis.complexity,
+        why=decision.why,
+    )
+
+
+async def reembed(db: async_sessionmaker[AsyncSession], embedder: Embedder, batch: int = 64) -> int:
+    """Re-embed skills and examples made by another embedder (or none yet)."""
+    async with db.begin() as s:
+        skills, examples = await queries.stale_vectors(s, embedder.name)
+        rows: list[tuple[Any, str]] = [(r, r.description) for r in skills]
+        rows += [(r, r.text) for r in examples]
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            vectors = await embedder.embed([text for _, text in chunk])
+            for (row, _), vector in zip(chunk, vectors, strict=True):
+                row.embedding, row.embedder = vector, embedder.name
+    return len(rows)
 
 
 def _chat_turns(rows: list[MessageRow]) -> list[ChatTurn]:

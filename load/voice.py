@@ -33,7 +33,7 @@ from protocol.messages import (
     Welcome,
 )
 
-WORDS = "could you move my three o'clock with the design team to tomorrow morning".split()  # noqa: SIM905
+WORDS = "could you move my three o'clock with the design team to tomorrow morning".split()
 
 
 @dataclass(frozen=True)

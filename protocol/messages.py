@@ -209,11 +209,18 @@ class Usage(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 
 class RouteInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """Why this assistant and model answer: ``reason`` is explicit|default|skill."""
+    """Why this assistant and model answer. ``reason``: explicit (the turn named it),
+    skill (a skill matched at or above its threshold), default (nothing confident: the
+    conversation's assistant), fallback (no default set: the first assistant)."""
 
     reason: str
     skill: str | None = None
-    score: float | None = None
+    skill_id: uuid.UUID | None = None
+    score: float | None = None  # cosine similarity of the matched skill
+    language: str | None = None  # ja | en | zh | ko | other
+    kind: str | None = None  # schedule | research | write | translate | code | finance | chat
+    complexity: str | None = None  # low | medium | high
+    why: str | None = None  # one human-readable sentence
 
 
 class ErrorInfo(msgspec.Struct, omit_defaults=True, kw_only=True):

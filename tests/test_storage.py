@@ -105,6 +105,8 @@ async def test_skills_are_searchable_by_cosine_distance(
     db: async_sessionmaker[AsyncSession],
 ) -> None:
     _, aid = await new_conversation(db)
+    async with db() as s:
+        owner = await s.scalar(select(Assistant.owner_id).where(Assistant.id == aid))
 
     def axis(i: int) -> list[float]:
         v = [0.0] * EMBEDDING_DIM
@@ -113,7 +115,11 @@ async def test_skills_are_searchable_by_cosine_distance(
 
     async with db.begin() as s:
         for i, name in enumerate(["calendar", "research", "writing"]):
-            s.add(Skill(assistant_id=aid, name=name, description=name, embedding=axis(i)))
+            s.add(
+                Skill(
+                    assistant_id=aid, owner_id=owner, name=name, description=name, embedding=axis(i)
+                )
+            )
     query = [0.1] * EMBEDDING_DIM
     query[1] = 3.0
     async with db() as s:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Sequence
 
 from google import genai
 from google.genai import errors, types
@@ -19,6 +20,45 @@ _FINISH = {
     types.FinishReason.PROHIBITED_CONTENT: "safety",
     types.FinishReason.SPII: "safety",
 }
+
+
+class GeminiEmbedder:
+    """Gemini embeddings (``batchEmbedContents``) cut to the vector columns' width."""
+
+    def __init__(self, *, api_key: str, base_url: str | None, model: str, dim: int) -> None:
+        self._client = genai.Client(
+            api_key=api_key, http_options=types.HttpOptions(base_url=base_url)
+        )
+        self._model = model
+        self._dim = dim
+        self.name = f"gemini:{model}:{dim}"
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        try:
+            response = await self._client.aio.models.embed_content(
+                model=self._model,
+                contents=list(texts),
+                config=types.EmbedContentConfig(
+                    output_dimensionality=self._dim, task_type="SEMANTIC_SIMILARITY"
+                ),
+            )
+        except errors.APIError as exc:
+            raise _api_error(exc) from exc
+        vectors = [list(e.values or []) for e in response.embeddings or []]
+        if len(vectors) != len(texts) or any(len(v) != self._dim for v in vectors):
+            raise LLMError(ErrorCode.LLM_UNAVAILABLE, "embedding response has the wrong shape")
+        return [_unit(v) for v in vectors]
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+
+
+def _unit(vector: list[float]) -> list[float]:
+    # Gemini normalises only its full-width output; truncated vectors must be rescaled.
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm else vector
 
 
 class GeminiProvider:

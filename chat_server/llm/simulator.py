@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import re
 import shlex
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -147,6 +149,8 @@ def create_simulator(config: SimConfig | None = None) -> Starlette:
 
     async def models(request: Request) -> Response:
         model, _, method = request.path_params["rest"].rpartition(":")
+        if method in ("embedContent", "batchEmbedContents"):
+            return await _embed(request, method)
         if method not in ("streamGenerateContent", "generateContent"):
             return _error(404, "NOT_FOUND", f"method {method!r} is not supported")
         if not request.headers.get("x-goog-api-key"):
@@ -197,6 +201,33 @@ def create_simulator(config: SimConfig | None = None) -> Starlette:
     )
     app.state.received = received
     return app
+
+
+async def _embed(request: Request, method: str) -> Response:
+    """Deterministic stand-in embeddings: hashed words and CJK characters. Not the
+    offline embedder's features, so the two give different (comparable) results."""
+    try:
+        body = orjson.loads(await request.body())
+        requests = body["requests"] if method == "batchEmbedContents" else [body]
+        texts = [_texts(r["content"]) for r in requests]
+        dims = [int(r.get("outputDimensionality") or 768) for r in requests]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return _error(400, "INVALID_ARGUMENT", "embedding request must carry content")
+    vectors = [{"values": _sim_vector(t, d)} for t, d in zip(texts, dims, strict=True)]
+    if method == "embedContent":
+        return _json({"embedding": vectors[0]})
+    return _json({"embeddings": vectors})
+
+
+def _sim_vector(text: str, dim: int) -> list[float]:
+    vector = [0.0] * dim
+    lowered = text.lower()
+    units = re.findall(r"[a-z0-9]+", lowered) + re.findall(r"[^\x00-\x7f\s]", lowered)
+    for unit in units:
+        h = zlib.crc32(("sim:" + unit).encode())
+        vector[h % dim] += 1.0 if h & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
 
 
 async def _stream(

@@ -57,6 +57,8 @@ class Assistant(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     system_prompt: Mapped[str] = mapped_column(Text, default="")
     default_model: Mapped[str] = mapped_column(String(100))
+    # Used instead of default_model for turns the router judges complex; None: no switch.
+    complex_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -66,24 +68,43 @@ class Assistant(Base):
 
 
 class Skill(Base):
+    """What an assistant is good at. ``embedding`` is of ``description``; searches are
+    exact cosine scans of one owner's rows (see migration 0002 for why)."""
+
     __tablename__ = "skills"
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     assistant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assistants.id", ondelete="CASCADE"))
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(Text)
     embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), nullable=True)
+    embedder: Mapped[str | None] = mapped_column(String(100), nullable=True)
     threshold: Mapped[float] = mapped_column(Float, default=0.5)
     created_at: Mapped[datetime] = _created()
 
     __table_args__ = (
         Index("ix_skills_assistant", "assistant_id"),
-        Index(
-            "ix_skills_embedding",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
+        Index("ix_skills_owner", "owner_id"),
+    )
+
+
+class SkillExample(Base):
+    """A turn that belongs to a skill, learned from feedback on a misroute."""
+
+    __tablename__ = "skill_examples"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    skill_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("skills.id", ondelete="CASCADE"))
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), nullable=True)
+    embedder: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        Index("ix_skill_examples_owner", "owner_id"),
+        Index("ix_skill_examples_skill", "skill_id"),
     )
 
 

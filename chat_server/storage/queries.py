@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, literal, select, tuple_, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from chat_server.storage.models import Assistant, Conversation, Message, User
+from chat_server.storage.models import (
+    Assistant,
+    Conversation,
+    Message,
+    Skill,
+    SkillExample,
+    User,
+)
 
 DEFAULT_ASSISTANT_NAME = "Secretary"
 DEFAULT_SYSTEM_PROMPT = (
@@ -77,6 +85,20 @@ async def create_conversation(
     s.add(conversation)
     await s.flush()
     return conversation
+
+
+async def new_conversation(
+    s: AsyncSession, owner_id: uuid.UUID, *, title: str | None, assistant_id: uuid.UUID | None
+) -> Conversation | None:
+    """A conversation answered by ``assistant_id`` (the owner's first assistant if None).
+    None when that assistant is not the owner's."""
+    if assistant_id is not None:
+        if await get_assistant(s, owner_id, assistant_id) is None:
+            return None
+    else:
+        first = await first_assistant(s, owner_id)
+        assistant_id = first.id if first else None
+    return await create_conversation(s, owner_id, title=title, default_assistant_id=assistant_id)
 
 
 async def get_conversation(
@@ -218,4 +240,140 @@ async def streaming_replies(s: AsyncSession, *, older_than_ms: int) -> list[Mess
         await s.scalars(
             select(Message).where(Message.status == "streaming", Message.created_at <= cutoff)
         )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SkillHit:
+    skill_id: uuid.UUID
+    skill: str
+    assistant_id: uuid.UUID
+    assistant: str
+    score: float  # cosine similarity, 1 = same direction
+    threshold: float
+    via_example: bool  # matched a learned example rather than the description
+
+
+async def nearest_skills(
+    s: AsyncSession, owner_id: uuid.UUID, vector: list[float], *, embedder: str, limit: int
+) -> list[SkillHit]:
+    """The owner's skills nearest to ``vector``: each skill scores by its closest vector
+    (description or learned example). Exact cosine over one owner's rows."""
+    descriptions = select(
+        Skill.id.label("skill_id"),
+        Skill.embedding.cosine_distance(vector).label("distance"),
+        literal(False).label("via_example"),
+    ).where(Skill.owner_id == owner_id, Skill.embedder == embedder)
+    examples = select(
+        SkillExample.skill_id,
+        SkillExample.embedding.cosine_distance(vector),
+        literal(True),
+    ).where(SkillExample.owner_id == owner_id, SkillExample.embedder == embedder)
+    candidates = union_all(descriptions, examples).subquery()
+    best = (
+        select(
+            candidates.c.skill_id,
+            candidates.c.distance,
+            candidates.c.via_example,
+            func.row_number()
+            .over(partition_by=candidates.c.skill_id, order_by=candidates.c.distance)
+            .label("rank"),
+        )
+    ).subquery()
+    rows = await s.execute(
+        select(Skill, Assistant.name, best.c.distance, best.c.via_example)
+        .join(best, best.c.skill_id == Skill.id)
+        .join(Assistant, Assistant.id == Skill.assistant_id)
+        .where(best.c.rank == 1)
+        .order_by(best.c.distance)
+        .limit(limit)
+    )
+    return [
+        SkillHit(
+            skill.id, skill.name, skill.assistant_id, name, 1.0 - float(d), skill.threshold, ex
+        )
+        for skill, name, d, ex in rows
+    ]
+
+
+async def stale_vectors(s: AsyncSession, embedder: str) -> tuple[list[Skill], list[SkillExample]]:
+    """Skills and examples embedded by another embedder (or not yet): to re-embed."""
+    skills = await s.scalars(
+        select(Skill).where((Skill.embedder != embedder) | Skill.embedder.is_(None))
+    )
+    examples = await s.scalars(
+        select(SkillExample).where(
+            (SkillExample.embedder != embedder) | SkillExample.embedder.is_(None)
+        )
+    )
+    return list(skills), list(examples)
+
+
+async def list_assistants(s: AsyncSession, owner_id: uuid.UUID) -> list[Assistant]:
+    return list(
+        await s.scalars(
+            select(Assistant)
+            .where(Assistant.owner_id == owner_id)
+            .order_by(Assistant.created_at, Assistant.id)
+        )
+    )
+
+
+async def get_skill(s: AsyncSession, owner_id: uuid.UUID, skill_id: uuid.UUID) -> Skill | None:
+    return await s.scalar(select(Skill).where(Skill.id == skill_id, Skill.owner_id == owner_id))
+
+
+async def list_skills(
+    s: AsyncSession, owner_id: uuid.UUID, assistant_id: uuid.UUID
+) -> list[tuple[Skill, int]]:
+    """The assistant's skills with how many examples each has learned."""
+    examples = (
+        select(SkillExample.skill_id, func.count().label("n"))
+        .group_by(SkillExample.skill_id)
+        .subquery()
+    )
+    rows = await s.execute(
+        select(Skill, func.coalesce(examples.c.n, 0))
+        .outerjoin(examples, examples.c.skill_id == Skill.id)
+        .where(Skill.owner_id == owner_id, Skill.assistant_id == assistant_id)
+        .order_by(Skill.created_at, Skill.id)
+    )
+    return [(skill, int(n)) for skill, n in rows]
+
+
+async def list_conversations(
+    s: AsyncSession,
+    owner_id: uuid.UUID,
+    *,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None,
+) -> list[Conversation]:
+    """Most recently active first; ``before`` is the keyset cursor of the last page."""
+    query = select(Conversation).where(Conversation.owner_id == owner_id)
+    if before is not None:
+        query = query.where(
+            tuple_(Conversation.updated_at, Conversation.id) < tuple_(before[0], before[1])
+        )
+    query = query.order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+    return list(await s.scalars(query.limit(limit)))
+
+
+async def get_message(
+    s: AsyncSession, owner_id: uuid.UUID, message_id: uuid.UUID
+) -> Message | None:
+    return await s.scalar(
+        select(Message)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.id == message_id, Conversation.owner_id == owner_id)
+    )
+
+
+async def nearest_skill_of(
+    s: AsyncSession, assistant_id: uuid.UUID, vector: list[float], *, embedder: str
+) -> Skill | None:
+    return await s.scalar(
+        select(Skill)
+        .where(Skill.assistant_id == assistant_id, Skill.embedder == embedder)
+        .order_by(Skill.embedding.cosine_distance(vector))
+        .limit(1)
     )
