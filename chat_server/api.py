@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chat_server import router
+from chat_server.router.embedding import phrases
 from chat_server.session import Runtime
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
@@ -75,7 +76,7 @@ class AssistantOut(msgspec.Struct, kw_only=True):
 class SkillIn(_In):
     name: Name
     description: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
-    threshold: Threshold = 0.3
+    threshold: Threshold | None = None  # the embedder's default_threshold when omitted
 
 
 class SkillPatch(_In):
@@ -354,7 +355,7 @@ async def list_skills(c: Caller) -> Response:
 async def create_skill(c: Caller) -> Response:
     body = _decode(SkillIn, await c.request.body())
     embedder = c.runtime.turns.embedder
-    (vector,) = await embedder.embed([body.description])
+    vector, parts = await _embed_description(c, body.description)
     async with c.db() as s:
         assistant = await _own_assistant(s, c)
         skill = Skill(
@@ -362,13 +363,23 @@ async def create_skill(c: Caller) -> Response:
             owner_id=c.user_id,
             name=body.name,
             description=body.description,
-            threshold=body.threshold,
+            threshold=embedder.default_threshold if body.threshold is None else body.threshold,
             embedding=vector,
             embedder=embedder.name,
         )
         s.add(skill)
         await s.flush()
+        await queries.set_description_phrases(s, skill, parts, embedder=embedder.name)
         return _json(_skill_out(skill, 0), 201)
+
+
+async def _embed_description(
+    c: Caller, description: str
+) -> tuple[list[float], list[tuple[str, list[float]]]]:
+    """The whole description's vector, and each of its phrases with its own."""
+    parts = phrases(description)
+    vectors = await c.runtime.turns.embedder.embed([description, *parts])
+    return vectors[0], list(zip(parts, vectors[1:], strict=True))
 
 
 async def _own_skill(s: AsyncSession, c: Caller) -> Skill:
@@ -391,21 +402,22 @@ async def get_skill(c: Caller) -> Response:
 async def update_skill(c: Caller) -> Response:
     body = _decode(SkillPatch, await c.request.body())
     embedder = c.runtime.turns.embedder
-    vector = None
+    described = None
     if body.description is not msgspec.UNSET:
-        (vector,) = await embedder.embed([body.description])
+        described = await _embed_description(c, body.description)
     async with c.db() as s:
         skill = await _own_skill(s, c)
         if body.name is not msgspec.UNSET:
             skill.name = body.name
         if body.threshold is not msgspec.UNSET:
             skill.threshold = body.threshold
-        if body.description is not msgspec.UNSET:
+        if described is not None:
             skill.description, skill.embedding, skill.embedder = (
-                body.description,
-                vector,
+                str(body.description),
+                described[0],
                 embedder.name,
             )
+            await queries.set_description_phrases(s, skill, described[1], embedder=embedder.name)
         await s.flush()
         return await _skill_response(s, c, skill)
 
@@ -578,7 +590,7 @@ async def feedback(c: Caller) -> Response:
                 owner_id=c.user_id,
                 name="learned",
                 description=text[:2000],
-                threshold=SkillIn.__struct_defaults__[0],
+                threshold=embedder.default_threshold,
                 embedding=vector,
                 embedder=embedder.name,
             )
@@ -588,6 +600,7 @@ async def feedback(c: Caller) -> Response:
         example = SkillExample(
             skill_id=skill.id,
             owner_id=c.user_id,
+            source="feedback",
             text=text,
             embedding=vector,
             embedder=embedder.name,

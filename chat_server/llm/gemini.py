@@ -32,6 +32,8 @@ class GeminiEmbedder:
         self._model = model
         self._dim = dim
         self.name = f"gemini:{model}:{dim}"
+        # Semantic embeddings put unrelated text far above 0: a starting point to tune.
+        self.default_threshold = 0.6
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-EMBEDDING_DIM = 256
+EMBEDDING_DIM = 1024
 
 
 def _uuid_pk() -> Mapped[uuid.UUID]:
@@ -90,13 +90,15 @@ class Skill(Base):
 
 
 class SkillExample(Base):
-    """A turn that belongs to a skill, learned from feedback on a misroute."""
+    """Text that belongs to a skill: a phrase of its description (``source``
+    description), or a turn learned from feedback on a misroute (``source`` feedback)."""
 
     __tablename__ = "skill_examples"
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     skill_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("skills.id", ondelete="CASCADE"))
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(16))  # description | feedback
     text: Mapped[str] = mapped_column(Text)
     embedding: Mapped[list[float] | None] = mapped_column(Vector(EMBEDDING_DIM), nullable=True)
     embedder: Mapped[str | None] = mapped_column(String(100), nullable=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, literal, select, tuple_, union_all, update
+from sqlalchemy import delete, func, literal, select, tuple_, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -251,14 +251,15 @@ class SkillHit:
     assistant: str
     score: float  # cosine similarity, 1 = same direction
     threshold: float
-    via_example: bool  # matched a learned example rather than the description
+    via_example: bool  # matched a turn learned from feedback rather than the description
 
 
 async def nearest_skills(
     s: AsyncSession, owner_id: uuid.UUID, vector: list[float], *, embedder: str, limit: int
 ) -> list[SkillHit]:
     """The owner's skills nearest to ``vector``: each skill scores by its closest vector
-    (description or learned example). Exact cosine over one owner's rows."""
+    (its whole description, one of its phrases, or a learned turn). Exact cosine over
+    one owner's rows."""
     descriptions = select(
         Skill.id.label("skill_id"),
         Skill.embedding.cosine_distance(vector).label("distance"),
@@ -267,7 +268,7 @@ async def nearest_skills(
     examples = select(
         SkillExample.skill_id,
         SkillExample.embedding.cosine_distance(vector),
-        literal(True),
+        SkillExample.source == "feedback",
     ).where(SkillExample.owner_id == owner_id, SkillExample.embedder == embedder)
     candidates = union_all(descriptions, examples).subquery()
     best = (
@@ -377,3 +378,26 @@ async def nearest_skill_of(
         .order_by(Skill.embedding.cosine_distance(vector))
         .limit(1)
     )
+
+
+async def set_description_phrases(
+    s: AsyncSession, skill: Skill, phrases: list[tuple[str, list[float]]], *, embedder: str
+) -> None:
+    """Replace the skill's description phrases (learned examples stay)."""
+    await s.execute(
+        delete(SkillExample).where(
+            SkillExample.skill_id == skill.id, SkillExample.source == "description"
+        )
+    )
+    for text, vector in phrases:
+        s.add(
+            SkillExample(
+                skill_id=skill.id,
+                owner_id=skill.owner_id,
+                source="description",
+                text=text,
+                embedding=vector,
+                embedder=embedder,
+            )
+        )
+    await s.flush()
