@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench-codec schema clean
+.PHONY: run test lint bench-codec bench-routing schema clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PY=python3.11)")'
@@ -30,6 +30,9 @@ schema: $(STAMP)
 
 bench-codec: $(STAMP)
 	$(BIN)/python -m load.bench_codec
+
+bench-routing: $(STAMP)
+	$(BIN)/python -m load.bench_routing
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -327,9 +327,10 @@ async def get_skill(s: AsyncSession, owner_id: uuid.UUID, skill_id: uuid.UUID) -
 async def list_skills(
     s: AsyncSession, owner_id: uuid.UUID, assistant_id: uuid.UUID
 ) -> list[tuple[Skill, int]]:
-    """The assistant's skills with how many examples each has learned."""
+    """The assistant's skills with how many turns each has learned from feedback."""
     examples = (
         select(SkillExample.skill_id, func.count().label("n"))
+        .where(SkillExample.source == "feedback")
         .group_by(SkillExample.skill_id)
         .subquery()
     )
