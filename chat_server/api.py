@@ -35,6 +35,7 @@ from protocol.messages import MessageInfo
 
 PREFIX = "/api/v1"
 T = TypeVar("T")
+R = TypeVar("R")
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00]*$")]
 Prose = Annotated[str, msgspec.Meta(max_length=20_000, pattern=r"^[^\x00]*$")]
 Model = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[\w.\-/:]+$")]
@@ -251,16 +252,7 @@ async def _caller(request: Request) -> Caller:
 
 
 def _assistant_out(a: Assistant) -> AssistantOut:
-    return AssistantOut(
-        id=a.id,
-        name=a.name,
-        description=a.description,
-        system_prompt=a.system_prompt,
-        default_model=a.default_model,
-        complex_model=a.complex_model,
-        created_at=a.created_at,
-        updated_at=a.updated_at,
-    )
+    return msgspec.convert(a, AssistantOut, from_attributes=True)
 
 
 def _skill_out(skill: Skill, examples: int) -> SkillOut:
@@ -310,12 +302,21 @@ async def create_assistant(c: Caller) -> Response:
         return _json(_assistant_out(assistant), 201)
 
 
+async def _owned(
+    s: AsyncSession,
+    c: Caller,
+    what: str,
+    lookup: Callable[[AsyncSession, uuid.UUID, uuid.UUID], Awaitable[R | None]],
+) -> R:
+    """The caller's row named by the ``{what}_id`` path parameter; else 404."""
+    row = await lookup(s, c.user_id, _uuid(c.request.path_params[f"{what}_id"], what))
+    if row is None:
+        raise _not_found(what)
+    return row
+
+
 async def _own_assistant(s: AsyncSession, c: Caller) -> Assistant:
-    assistant_id = _uuid(c.request.path_params["assistant_id"], "assistant")
-    assistant = await queries.get_assistant(s, c.user_id, assistant_id)
-    if assistant is None:
-        raise _not_found("assistant")
-    return assistant
+    return await _owned(s, c, "assistant", queries.get_assistant)
 
 
 async def get_assistant(c: Caller) -> Response:
@@ -383,10 +384,7 @@ async def _embed_description(
 
 
 async def _own_skill(s: AsyncSession, c: Caller) -> Skill:
-    skill = await queries.get_skill(s, c.user_id, _uuid(c.request.path_params["skill_id"], "skill"))
-    if skill is None:
-        raise _not_found("skill")
-    return skill
+    return await _owned(s, c, "skill", queries.get_skill)
 
 
 async def _skill_response(s: AsyncSession, c: Caller, skill: Skill) -> Response:
@@ -474,11 +472,7 @@ async def create_conversation(c: Caller) -> Response:
 
 
 async def _own_conversation(s: AsyncSession, c: Caller) -> Conversation:
-    conversation_id = _uuid(c.request.path_params["conversation_id"], "conversation")
-    conversation = await queries.get_conversation(s, c.user_id, conversation_id)
-    if conversation is None:
-        raise _not_found("conversation")
-    return conversation
+    return await _owned(s, c, "conversation", queries.get_conversation)
 
 
 async def get_conversation(c: Caller) -> Response:
