@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench-codec bench-routing schema clean
+.PHONY: run test lint bench bench-codec bench-routing schema clean
 
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PY=python3.11)")'
@@ -27,6 +27,9 @@ test: lint
 # Regenerate protocol/schema.json after changing protocol/messages.py.
 schema: $(STAMP)
 	$(BIN)/python -m protocol.schema --write
+
+bench: $(STAMP)
+	$(BIN)/python -m load.bench
 
 bench-codec: $(STAMP)
 	$(BIN)/python -m load.bench_codec

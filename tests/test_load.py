@@ -69,3 +69,13 @@ def test_cli_spawns_a_server_runs_voice_and_writes_json(tmp_path: Path) -> None:
     assert report["counts"]["server_cpu_ms"] > 0
     assert "final input → first delta (early routing)" in report["latency_ms"]
     assert "barge-in" in result.stdout
+
+
+@pytest.mark.parametrize("target", ["server", "ws", "socketio"])
+def test_fanout_delivers_everything_to_every_subscriber(target: str) -> None:
+    from load.fanout import FanoutParams, run
+
+    result = run(target, FanoutParams(subscribers=20, messages=30, size=50, timeout_s=60))
+    assert result.deliveries_per_s > 0
+    assert result.server_cpu_s > 0
+    assert 0 < result.frames_per_subscriber <= 30  # every subscriber asserted full content
