@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ import psutil
 import websockets
 
 from load.client import ProtocolClient
-from load.spawn import _free_port, spawned_server
+from load.spawn import EmbeddedRedis, _free_port, spawned_servers
 from protocol.messages import Ack, Error, Join, Joined, Send
 
 TARGETS = ("server", "ws", "socketio")
@@ -43,11 +44,13 @@ class FanoutParams:
     size: int = 100
     connect_batch: int = 100  # connections opened at once
     timeout_s: float = 120.0
+    replicas: int = 1  # > 1: server processes sharing one Redis, subscribers spread evenly
 
 
 @dataclass
 class FanoutResult:
     target: str
+    replicas: int
     subscribers: int
     messages: int
     seconds: float
@@ -65,21 +68,30 @@ class FanoutResult:
 
 
 @contextlib.contextmanager
-def _peer(module: str) -> Iterator[tuple[int, psutil.Process]]:
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", module, "--port", str(port)])
+def _peers(module: str, count: int, *args: str) -> Iterator[list[tuple[int, psutil.Process]]]:
+    started: list[tuple[int, subprocess.Popen[bytes]]] = []
     try:
+        for _ in range(count):
+            port = _free_port()
+            command = [sys.executable, "-m", module, "--port", str(port), *args]
+            started.append((port, subprocess.Popen(command)))
         deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{module} did not start")
-            time.sleep(0.05)
-        yield port, psutil.Process(process.pid)
+        for port, process in started:
+            while True:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), 0.2),
+                ):
+                    break
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"{module} did not start")
+                time.sleep(0.05)
+        yield [(port, psutil.Process(process.pid)) for port, process in started]
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        for _, process in started:
+            process.terminate()
+        for _, process in started:
+            process.wait(timeout=20)
 
 
 async def _connect_all(count: int, batch: int, connect: object) -> list[object]:
@@ -101,37 +113,45 @@ def _cpu(process: psutil.Process) -> float:
 async def _measure(
     target: str,
     params: FanoutParams,
-    process: psutil.Process,
+    processes: list[psutil.Process],
     connect: object,
     receive: object,
     publish: object,
 ) -> FanoutResult:
     await asyncio.sleep(0.5)
-    rss_before = _rss(process)
+    rss_before = sum(map(_rss, processes))
     subscribers = await _connect_all(params.subscribers, params.connect_batch, connect)
     await asyncio.sleep(1.0)  # let allocations settle
-    rss_per = (_rss(process) - rss_before) / params.subscribers / 1024
-    cpu_before = _cpu(process)
+    rss_per = (sum(map(_rss, processes)) - rss_before) / params.subscribers / 1024
+    cpu_before = sum(map(_cpu, processes))
     started = time.perf_counter()
     waiting = [asyncio.create_task(receive(s)) for s in subscribers]  # type: ignore[operator]
     await publish()  # type: ignore[operator]
     async with asyncio.timeout(params.timeout_s):
         frames = await asyncio.gather(*waiting)
     seconds = time.perf_counter() - started
-    cpu = _cpu(process) - cpu_before
+    cpu = sum(map(_cpu, processes)) - cpu_before
     for s in subscribers:
         with contextlib.suppress(Exception):
             await s.ws.close() if isinstance(s, ProtocolClient) else await s.close()  # type: ignore[attr-defined]
     average_frames = sum(frames) / len(frames)
     return FanoutResult(
-        target, params.subscribers, params.messages, seconds, cpu, rss_per, average_frames
+        target,
+        len(processes),
+        params.subscribers,
+        params.messages,
+        seconds,
+        cpu,
+        rss_per,
+        average_frames,
     )
 
 
-async def _server(params: FanoutParams, port: int, process: psutil.Process) -> FanoutResult:
-    url = f"ws://127.0.0.1:{port}/ws"
+async def _server(params: FanoutParams, targets: list[tuple[int, psutil.Process]]) -> FanoutResult:
+    urls = [f"ws://127.0.0.1:{port}/ws" for port, _ in targets]
+    spread = itertools.cycle(urls)
     user = f"fanout-{time.monotonic_ns()}"
-    publisher = await ProtocolClient.connect(url)
+    publisher = await ProtocolClient.connect(urls[0])
     await publisher.say_hello(user)
     await publisher.send(Join(create={}))  # type: ignore[arg-type]
     joined = await publisher.recv()
@@ -141,7 +161,7 @@ async def _server(params: FanoutParams, port: int, process: psutil.Process) -> F
     expected = len(" ".join([word] * params.messages))
 
     async def connect() -> ProtocolClient:
-        client = await ProtocolClient.connect(url, max_queue=None)
+        client = await ProtocolClient.connect(next(spread), max_queue=None)
         await client.say_hello(user)
         await client.send(Join(conversation_id=cid))
         while not isinstance(await client.recv(), Joined):
@@ -169,12 +189,14 @@ async def _server(params: FanoutParams, port: int, process: psutil.Process) -> F
                 raise RuntimeError(f"publish refused: {frame.code}: {frame.message}")
 
     try:
-        return await _measure("server", params, process, connect, receive, publish)
+        processes = [process for _, process in targets]
+        return await _measure("server", params, processes, connect, receive, publish)
     finally:
         await publisher.close()
 
 
-async def _ws(params: FanoutParams, port: int, process: psutil.Process) -> FanoutResult:
+async def _ws(params: FanoutParams, targets: list[tuple[int, psutil.Process]]) -> FanoutResult:
+    (port, process), *_ = targets
     url = f"ws://127.0.0.1:{port}"
     publisher = await websockets.connect(url, compression=None)
 
@@ -194,23 +216,26 @@ async def _ws(params: FanoutParams, port: int, process: psutil.Process) -> Fanou
         await publisher.send(f"pub {params.messages} {params.size}")
 
     try:
-        return await _measure("ws", params, process, connect, receive, publish)
+        return await _measure("ws", params, [process], connect, receive, publish)
     finally:
         await publisher.close()
 
 
-async def _socketio(params: FanoutParams, port: int, process: psutil.Process) -> FanoutResult:
-    url = f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+async def _socketio(
+    params: FanoutParams, targets: list[tuple[int, psutil.Process]]
+) -> FanoutResult:
+    urls = [f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket" for port, _ in targets]
+    spread = itertools.cycle(urls)
 
-    async def connect() -> websockets.ClientConnection:
-        ws = await websockets.connect(url, compression=None, max_queue=None)
+    async def connect(url: str | None = None) -> websockets.ClientConnection:
+        ws = await websockets.connect(url or next(spread), compression=None, max_queue=None)
         await ws.recv()  # engine.io open packet
         await ws.send("40")  # connect to the default namespace
         while not str(await ws.recv()).startswith("40"):
             pass
         return ws
 
-    publisher = await connect()
+    publisher = await connect(urls[0])
 
     async def receive(ws: websockets.ClientConnection) -> int:
         count = 0
@@ -231,20 +256,39 @@ async def _socketio(params: FanoutParams, port: int, process: psutil.Process) ->
         )
 
     try:
-        return await _measure("socketio", params, process, connect, receive, publish)
+        processes = [process for _, process in targets]
+        return await _measure("socketio", params, processes, connect, receive, publish)
     finally:
         await publisher.close()
 
 
 def run(target: str, params: FanoutParams) -> FanoutResult:
-    if target == "server":
-        room = str(2 * params.messages * (params.size + 1) + 1000)  # the [[sim]] reply
-        with spawned_server(
-            OUTBOX_FRAMES=str(params.messages * 4), MAX_TEXT_CHARS=room, MAX_FRAME_BYTES=room
-        ) as spawned:
-            process = psutil.Process(spawned.process.pid)
-            return asyncio.run(_server(params, spawned.port, process))
-    module = {"ws": "load.peers.ws_broadcast", "socketio": "load.peers.socketio_relay"}[target]
-    with _peer(module) as (port, process):
+    if params.replicas > 1 and target == "ws":
+        raise ValueError("the bare websockets peer has no multi-replica mode")
+    with contextlib.ExitStack() as stack:
+        redis_url = None
+        if params.replicas > 1:
+            redis_url = stack.enter_context(_redis()).url
+        if target == "server":
+            room = str(2 * params.messages * (params.size + 1) + 1000)  # the [[sim]] reply
+            env = {"OUTBOX_FRAMES": str(params.messages * 4)}
+            env |= {"MAX_TEXT_CHARS": room, "MAX_FRAME_BYTES": room}
+            if redis_url:
+                env["REDIS_URL"] = redis_url
+            servers = stack.enter_context(spawned_servers(params.replicas, **env))
+            targets = [(s.port, psutil.Process(s.process.pid)) for s in servers]
+            return asyncio.run(_server(params, targets))
+        module = {"ws": "load.peers.ws_broadcast", "socketio": "load.peers.socketio_relay"}[target]
+        extra = ("--redis", redis_url) if redis_url else ()
+        targets = stack.enter_context(_peers(module, params.replicas, *extra))
         measure = _ws if target == "ws" else _socketio
-        return asyncio.run(measure(params, port, process))
+        return asyncio.run(measure(params, targets))
+
+
+@contextlib.contextmanager
+def _redis() -> Iterator[EmbeddedRedis]:
+    redis = EmbeddedRedis()
+    try:
+        yield redis
+    finally:
+        redis.stop()

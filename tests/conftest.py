@@ -28,7 +28,8 @@ from chat_server.config import Secret, Settings
 from chat_server.llm.simulator import SimConfig, create_simulator
 from chat_server.storage import embedded, migrate
 from chat_server.storage.db import async_url
-from tests.replicas import EmbeddedRedis, Replica, start_replicas, stop_replicas
+from load.spawn import EmbeddedRedis
+from tests.replicas import Replica, start_replicas, stop_replicas
 from tests.servers import RunningServer, serve
 
 

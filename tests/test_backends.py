@@ -17,7 +17,7 @@ from chat_server.bus.redis import RedisBus
 from chat_server.inflight import Inflight
 from chat_server.inflight.memory import MemoryInflight
 from chat_server.inflight.redis import RedisInflight
-from tests.replicas import EmbeddedRedis
+from load.spawn import EmbeddedRedis
 
 pytestmark = pytest.mark.asyncio
 

@@ -79,3 +79,13 @@ def test_fanout_delivers_everything_to_every_subscriber(target: str) -> None:
     assert result.deliveries_per_s > 0
     assert result.server_cpu_s > 0
     assert 0 < result.frames_per_subscriber <= 30  # every subscriber asserted full content
+
+
+@pytest.mark.parametrize("target", ["server", "socketio"])
+def test_fanout_across_two_replicas_delivers_everything(target: str) -> None:
+    from load.fanout import FanoutParams, run
+
+    params = FanoutParams(subscribers=20, messages=20, size=50, timeout_s=60, replicas=2)
+    result = run(target, params)
+    assert result.replicas == 2
+    assert result.deliveries_per_s > 0

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server.storage.models import Message as MessageRow
+from load.spawn import EmbeddedRedis
 from protocol.errors import CloseCode
 from protocol.messages import (
     Ack,
@@ -34,7 +35,7 @@ from protocol.messages import (
     Typing,
     TypingEvent,
 )
-from tests.replicas import EmbeddedRedis, Replica
+from tests.replicas import Replica
 from tests.wsclient import Client, directive, new_user, reply_text
 
 pytestmark = pytest.mark.asyncio
