@@ -402,7 +402,7 @@ async def test_model_failures_end_the_turn_with_the_right_finish_reason(
 async def test_a_stalled_model_ends_the_turn_with_an_error(
     start_server: Callable[..., RunningServer],
 ) -> None:
-    server = start_server(llm_stall_s=0.5)
+    server = start_server(llm_stall_s=1.0)
     client = await device(server, new_user())
     cid = await client.create()
     _, frames = await turn(client, cid, "x " + directive(fail="stall", after=2))
