@@ -31,6 +31,7 @@ from chat_server.inflight import Inflight
 from chat_server.llm import ChatTurn, LLMError, LLMProvider, LLMRequest
 from chat_server.router.embedding import Embedder
 from chat_server.storage import queries
+from chat_server.storage.models import Conversation
 from chat_server.storage.models import Message as MessageRow
 from protocol import decode_server, encode
 from protocol.errors import ErrorCode, ErrorReply
@@ -155,17 +156,8 @@ class Turns:
         route is prepared (``last_seq`` -1 makes ``store`` load the history)."""
         vector = await self.embed_turn(text)
         async with self._db.begin() as s:
-            conversation = await queries.get_conversation(s, owner_id, conversation_id)
-            if conversation is None:
-                raise ErrorReply(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
-            decision = await router.route(
-                s,
-                owner_id=owner_id,
-                text=text,
-                vector=vector,
-                embedder=self.embedder.name,
-                default_assistant_id=conversation.default_assistant_id,
-                explicit_assistant_id=None,
+            conversation, decision = await self._decide(
+                s, owner_id, conversation_id, text, vector, None
             )
             rows = await queries.context_window(
                 s,
@@ -205,19 +197,8 @@ class Turns:
             if prepared is not None:
                 decision = prepared.decision  # the session joined it: ownership is known
             else:
-                conversation = await queries.get_conversation(s, owner_id, conversation_id)
-                if conversation is None:
-                    raise ErrorReply(
-                        ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found"
-                    )
-                decision = await router.route(
-                    s,
-                    owner_id=owner_id,
-                    text=text,
-                    vector=vector,
-                    embedder=self.embedder.name,
-                    default_assistant_id=conversation.default_assistant_id,
-                    explicit_assistant_id=assistant_id,
+                _, decision = await self._decide(
+                    s, owner_id, conversation_id, text, vector, assistant_id
                 )
             route = route_info(decision)
             stored = await queries.store_turn(
@@ -248,6 +229,30 @@ class Turns:
         if prepared is not None and prepared.last_seq == stored.user_message.seq - 1:
             turn.history = [*prepared.history, ChatTurn("user", text)]
         return stored, turn
+
+    async def _decide(
+        self,
+        s: AsyncSession,
+        owner_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        text: str,
+        vector: list[float] | None,
+        assistant_id: uuid.UUID | None,
+    ) -> tuple[Conversation, router.Decision]:
+        """The caller's conversation (else not_found) and the router's decision in it."""
+        conversation = await queries.get_conversation(s, owner_id, conversation_id)
+        if conversation is None:
+            raise ErrorReply(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
+        decision = await router.route(
+            s,
+            owner_id=owner_id,
+            text=text,
+            vector=vector,
+            embedder=self.embedder.name,
+            default_assistant_id=conversation.default_assistant_id,
+            explicit_assistant_id=assistant_id,
+        )
+        return conversation, decision
 
     async def start(self, stored: queries.StoredTurn, turn: ActiveTurn) -> None:
         """Announce the stored user message and the reply, then generate in the background."""
