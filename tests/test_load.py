@@ -77,7 +77,7 @@ def test_fanout_delivers_everything_to_every_subscriber(target: str) -> None:
 
     result = run(target, FanoutParams(subscribers=20, messages=30, size=50, timeout_s=60))
     assert result.deliveries_per_s > 0
-    assert result.server_cpu_s > 0
+    # CPU is not asserted: a tiny run can fit in one clock tick (10 ms) and read as 0.
     assert 0 < result.frames_per_subscriber <= 30  # every subscriber asserted full content
 
 
