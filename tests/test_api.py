@@ -20,19 +20,23 @@ from tests.servers import RunningServer
 from tests.wsclient import Client, new_user
 
 
+def fresh_user(server: RunningServer) -> httpx.Client:
+    """A REST client for a user nobody else is."""
+    return httpx.Client(
+        base_url=f"{server.http}/api/v1", headers={"Authorization": f"Bearer {new_user()}"}
+    )
+
+
 @pytest.fixture
 def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=f"{server.http}/api/v1", headers={"Authorization": f"Bearer {new_user()}"}
-    ) as client:
+    with fresh_user(server) as client:
         yield client
 
 
 @pytest.fixture
 def other(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=f"{server.http}/api/v1", headers={"Authorization": f"Bearer {new_user()}"}
-    ) as client:
+    """A second user, for isolation checks."""
+    with fresh_user(server) as client:
         yield client
 
 
