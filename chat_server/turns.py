@@ -111,6 +111,9 @@ class ActiveTurn:
     shared_ok: bool = True  # false after an append to the shared state failed
     history: list[ChatTurn] | None = None  # prepared ahead; else loaded when generating
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    pending: str = ""  # generated, not yet shared and published
+    published: int = 0  # characters shared and published so far
+    flusher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def turn_id(self) -> uuid.UUID:
@@ -460,17 +463,10 @@ class Turns:
                 if chunk.output_tokens is not None:
                     usage.output_tokens = chunk.output_tokens
                 if chunk.text:
-                    offset = len(turn.text)
                     turn.text += chunk.text
-                    await self._share(turn, chunk.text)
-                    await self._hub.publish(
-                        Delta(
-                            conversation_id=turn.conversation_id,
-                            turn_id=turn.turn_id,
-                            offset=offset,
-                            text=chunk.text,
-                        )
-                    )
+                    turn.pending += chunk.text
+                    if turn.flusher is None or turn.flusher.done():
+                        turn.flusher = asyncio.create_task(self._flush(turn))
                 if chunk.finish_reason is not None:
                     # Let the upstream response end on its own so its connection is
                     # released in this task, not finalized later by the garbage collector.
@@ -482,6 +478,29 @@ class Turns:
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _flush(self, turn: ActiveTurn) -> None:
+        """Share and publish what the model generated, as one delta per round trip.
+
+        While a delta is on its way (the shared-text write and the publish each wait for
+        Redis), the tokens that arrive meanwhile queue up in ``pending`` and leave
+        together as the next delta. A model slower than a round trip gets every chunk
+        relayed on its own; a faster one (or a loaded Redis) gets fewer, larger deltas,
+        identical on every replica since local devices receive the same delta events.
+        """
+        while turn.pending:
+            text, turn.pending = turn.pending, ""
+            offset = turn.published
+            turn.published += len(text)
+            await self._share(turn, text)
+            await self._hub.publish(
+                Delta(
+                    conversation_id=turn.conversation_id,
+                    turn_id=turn.turn_id,
+                    offset=offset,
+                    text=text,
+                )
+            )
 
     async def _share(self, turn: ActiveTurn, text: str) -> None:
         # Shared text is written before the delta is published, so a device repairing
@@ -503,6 +522,9 @@ class Turns:
         error: ErrorInfo | None,
     ) -> None:
         turn.state = TurnState.FINISHING
+        if turn.flusher is not None:  # every delta goes out before the turn_end
+            with contextlib.suppress(Exception):
+                await asyncio.shield(turn.flusher)
         text = turn.text
         if finish is FinishReason.INTERRUPTED and turn.heard_chars is not None:
             text = text[: turn.heard_chars]
