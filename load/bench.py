@@ -14,7 +14,7 @@ import dataclasses
 import json
 import sys
 
-from load.fanout import TARGETS, FanoutParams, run
+from load.peer_fanout import TARGETS, FanoutParams, run
 
 
 def main(argv: list[str]) -> int:

@@ -8,8 +8,19 @@ from typing import Any, Self
 import orjson
 import websockets
 
+from chat_server.llm.simulator import STAMP
 from protocol import decode_server, encode
-from protocol.messages import ClientMessage, Hello, Presence, ServerMessage, SessionOptions
+from protocol.messages import (
+    ClientMessage,
+    Error,
+    Hello,
+    Join,
+    Joined,
+    Presence,
+    ServerMessage,
+    SessionOptions,
+    Welcome,
+)
 
 
 class ProtocolClient:
@@ -46,3 +57,52 @@ class ProtocolClient:
     async def say_hello(self, token: str, options: SessionOptions | None = None) -> ServerMessage:
         await self.send(Hello(token=token, options=options or SessionOptions()))
         return await self.recv()
+
+
+class Refused(Exception):
+    """The server answered a hello or a join with something else (an error frame)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+async def open_session(
+    url: str, user: str, options: SessionOptions | None = None, **kwargs: Any
+) -> ProtocolClient:
+    """Connect and say hello; ``Refused`` unless the server welcomes the device."""
+    client = await ProtocolClient.connect(url, **kwargs)
+    welcome = await client.say_hello(user, options)
+    if not isinstance(welcome, Welcome):
+        await client.close()
+        raise Refused(welcome.code if isinstance(welcome, Error) else type(welcome).__name__)
+    return client
+
+
+async def join(client: ProtocolClient, join: Join) -> Joined:
+    """Send a join and return its ``joined`` (frames before it are not expected)."""
+    await client.send(join)
+    joined = await client.recv()
+    if not isinstance(joined, Joined):
+        raise Refused(joined.code if isinstance(joined, Error) else type(joined).__name__)
+    return joined
+
+
+def failure(exc: BaseException) -> str:
+    """How a client's run ended badly, as an error code for the report."""
+    if isinstance(exc, Refused):
+        return exc.code
+    if isinstance(exc, websockets.ConnectionClosed):
+        return f"close:{exc.rcvd.code}" if exc.rcvd is not None else "close:abnormal"
+    return type(exc).__name__
+
+
+def sim(*, ttft_ms: int, tps: float, tokens: int, chunk: int) -> str:
+    """The ``[[sim]]`` directive for a reply paced like this, each chunk stamped with
+    the simulator's emit time (``stamp=1``)."""
+    return f"[[sim ttft_ms={ttft_ms} tps={tps} tokens={tokens} chunk={chunk} stamp=1]]"
+
+
+def stamps(text: str) -> list[float]:
+    """The simulator emit times (wall clock, seconds) inside a piece of reply text."""
+    return [float(s) for s in STAMP.findall(text)]

@@ -1,294 +1,132 @@
-"""The ``fanout`` scenario: one conversation, many subscribers, one long streamed reply.
+"""The ``fanout`` scenario: one conversation with many devices across replicas.
 
-Targets, each started here as its own process and measured the same way:
-- ``server``: this server (single node). The subscribers are devices of one user joined
-  to one conversation; a publisher device sends a turn whose simulated reply is
-  ``messages`` tokens of ``size`` characters, streamed as fast as the simulator can.
-- ``ws``: a bare ``websockets`` broadcast server (load/peers/ws_broadcast.py).
-- ``socketio``: python-socketio on uvicorn (load/peers/socketio_relay.py).
+Subscribers are spread over the URLs (replicas) round-robin; once every load process
+has its subscribers joined, a publisher device on the first URL sends ``turns`` turns,
+one after the other, each streamed by the simulator with stamped chunks. The replica
+the publisher is on generates the replies; the others get them through Redis, so the
+two "chunk emit → receipt" rows differ by the cross-replica fan-out delay.
 
-Reported: deliveries per second (subscribers x messages / time from the publish to the
-last subscriber having everything), per server CPU-second, and server RSS per idle
-connection. This server may merge deltas for a subscriber that lags (by design), so it
-can need fewer frames for the same text: a delivery here is a message's content
-arriving, whatever the framing.
+Reports: chunk deliveries per second (of the publishing phase) and per server
+CPU-second, chunk emit → receipt on the generating replica and on the others, the
+fan-out delay across replicas (p50 of the second minus p50 of the first), and lost
+text: a subscriber whose reply differs from the stored one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
-import orjson
-import psutil
-import websockets
+from load.client import ProtocolClient, failure, join, open_session, sim, stamps
+from load.report import Report, percentile
+from load.runner import Shard
+from protocol.messages import Ack, Delta, Error, Join, Send, TurnEnd
 
-from load.client import ProtocolClient
-from load.spawn import EmbeddedRedis, _free_port, spawned_servers
-from protocol.messages import Ack, Error, Join, Joined, Send
-
-TARGETS = ("server", "ws", "socketio")
+LOCAL, REMOTE = "chunk emit → receipt (generating replica)", "chunk emit → receipt (other replicas)"
 
 
 @dataclass(frozen=True)
-class FanoutParams:
-    subscribers: int = 1000
-    messages: int = 500
-    size: int = 100
-    connect_batch: int = 100  # connections opened at once
-    timeout_s: float = 120.0
-    replicas: int = 1  # > 1: server processes sharing one Redis, subscribers spread evenly
+class Params:
+    subscribers: int = 200
+    turns: int = 3
+    ttft_ms: int = 0
+    tps: float = 1000.0
+    tokens: int = 200
+    chunk: int = 1
+    connect_batch: int = 50  # connections opened at once, per load process
+    duration_s: float = 120.0
 
 
-@dataclass
-class FanoutResult:
-    target: str
-    replicas: int
-    subscribers: int
-    messages: int
-    seconds: float
-    server_cpu_s: float
-    rss_per_connection_kib: float
-    frames_per_subscriber: float  # < messages when deltas were merged for a lagging client
-
-    @property
-    def deliveries_per_s(self) -> float:
-        return self.subscribers * self.messages / self.seconds
-
-    @property
-    def deliveries_per_cpu_s(self) -> float:
-        return self.subscribers * self.messages / max(self.server_cpu_s, 1e-9)
-
-
-@contextlib.contextmanager
-def _peers(module: str, count: int, *args: str) -> Iterator[list[tuple[int, psutil.Process]]]:
-    started: list[tuple[int, subprocess.Popen[bytes]]] = []
+async def setup(urls: list[str], params: Params, pids: list[int]) -> dict[str, Any]:
+    user = f"load-fanout-{uuid.uuid4().hex[:10]}"
+    client = await open_session(urls[0], user)
     try:
-        for _ in range(count):
-            port = _free_port()
-            command = [sys.executable, "-m", module, "--port", str(port), *args]
-            started.append((port, subprocess.Popen(command)))
-        deadline = time.monotonic() + 20
-        for port, process in started:
-            while True:
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), 0.2),
-                ):
-                    break
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"{module} did not start")
-                time.sleep(0.05)
-        yield [(port, psutil.Process(process.pid)) for port, process in started]
+        joined = await join(client, Join(create={}))  # type: ignore[arg-type]
     finally:
-        for _, process in started:
-            process.terminate()
-        for _, process in started:
-            process.wait(timeout=20)
+        await client.close()
+    return {"user": user, "cid": str(joined.conversation.id)}
 
 
-async def _connect_all(count: int, batch: int, connect: object) -> list[object]:
-    clients: list[object] = []
-    for start in range(0, count, batch):
-        clients += await asyncio.gather(*(connect() for _ in range(min(batch, count - start))))  # type: ignore[operator]
-    return clients
+async def _subscribe(url: str, user: str, cid: uuid.UUID) -> ProtocolClient:
+    client = await open_session(url, user, max_queue=None)
+    await join(client, Join(conversation_id=cid))
+    return client
 
 
-def _rss(process: psutil.Process) -> int:
-    return int(process.memory_info().rss)
+async def _receive(ctx: Shard, client: ProtocolClient, metric: str) -> None:
+    p: Params = ctx.params
+    texts: dict[uuid.UUID, str] = {}
+    ended = 0
+    while ended < p.turns:
+        frame = await client.recv(timeout=p.duration_s)
+        if isinstance(frame, Delta):
+            now = time.time()
+            texts[frame.turn_id] = texts.get(frame.turn_id, "")[: frame.offset] + frame.text
+            for emitted in stamps(frame.text):
+                ctx.report.add(metric, (now - emitted) * 1000)
+                ctx.report.counts["deliveries"] += 1
+        elif isinstance(frame, TurnEnd):
+            ended += 1
+            if texts.get(frame.turn_id) != frame.message.text:
+                ctx.report.counts["lost_reply_text"] += 1
 
 
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
-async def _measure(
-    target: str,
-    params: FanoutParams,
-    processes: list[psutil.Process],
-    connect: object,
-    receive: object,
-    publish: object,
-) -> FanoutResult:
-    await asyncio.sleep(0.5)
-    rss_before = sum(map(_rss, processes))
-    subscribers = await _connect_all(params.subscribers, params.connect_batch, connect)
-    await asyncio.sleep(1.0)  # let allocations settle
-    rss_per = (sum(map(_rss, processes)) - rss_before) / params.subscribers / 1024
-    cpu_before = sum(map(_cpu, processes))
-    started = time.perf_counter()
-    waiting = [asyncio.create_task(receive(s)) for s in subscribers]  # type: ignore[operator]
-    await publish()  # type: ignore[operator]
-    async with asyncio.timeout(params.timeout_s):
-        frames = await asyncio.gather(*waiting)
-    seconds = time.perf_counter() - started
-    cpu = sum(map(_cpu, processes)) - cpu_before
-    for s in subscribers:
-        with contextlib.suppress(Exception):
-            await s.ws.close() if isinstance(s, ProtocolClient) else await s.close()  # type: ignore[attr-defined]
-    average_frames = sum(frames) / len(frames)
-    return FanoutResult(
-        target,
-        len(processes),
-        params.subscribers,
-        params.messages,
-        seconds,
-        cpu,
-        rss_per,
-        average_frames,
-    )
-
-
-async def _server(params: FanoutParams, targets: list[tuple[int, psutil.Process]]) -> FanoutResult:
-    urls = [f"ws://127.0.0.1:{port}/ws" for port, _ in targets]
-    spread = itertools.cycle(urls)
-    user = f"fanout-{time.monotonic_ns()}"
-    publisher = await ProtocolClient.connect(urls[0])
-    await publisher.say_hello(user)
-    await publisher.send(Join(create={}))  # type: ignore[arg-type]
-    joined = await publisher.recv()
-    assert isinstance(joined, Joined)
-    cid = joined.conversation.id
-    word = "x" * params.size
-    expected = len(" ".join([word] * params.messages))
-
-    async def connect() -> ProtocolClient:
-        client = await ProtocolClient.connect(next(spread), max_queue=None)
-        await client.say_hello(user)
-        await client.send(Join(conversation_id=cid))
-        while not isinstance(await client.recv(), Joined):
-            pass
-        return client
-
-    async def receive(client: ProtocolClient) -> int:
-        have = frames = 0
-        async for raw in client.ws:
-            frame = orjson.loads(raw)
-            if frame["type"] == "delta":
-                have = max(have, frame["offset"] + len(frame["text"]))
-                frames += 1
-            elif frame["type"] == "turn_end":
-                break
-        assert have == expected, f"subscriber got {have} of {expected} characters"
-        return frames
-
-    async def publish() -> None:
-        reply = " ".join([word] * params.messages)
-        directive = f'[[sim ttft_ms=0 tps=1000000 reply="{reply}"]]'
-        await publisher.send(Send(id="fanout", conversation_id=cid, text=directive))
-        while not isinstance(frame := await publisher.recv(), Ack):
-            if isinstance(frame, Error):
-                raise RuntimeError(f"publish refused: {frame.code}: {frame.message}")
-
+async def _publish(ctx: Shard, user: str, cid: uuid.UUID) -> None:
+    p: Params = ctx.params
+    publisher = await open_session(ctx.urls[0], user)
     try:
-        processes = [process for _, process in targets]
-        return await _measure("server", params, processes, connect, receive, publish)
+        await join(publisher, Join(conversation_id=cid))
+        directive = sim(ttft_ms=p.ttft_ms, tps=p.tps, tokens=p.tokens, chunk=p.chunk)
+        for k in range(p.turns):
+            sent = time.perf_counter()
+            await publisher.send(Send(id=f"t{k}", conversation_id=cid, text=f"go {directive}"))
+            while not isinstance(frame := await publisher.recv(timeout=p.duration_s), TurnEnd):
+                if isinstance(frame, Ack):
+                    ctx.report.add("send → ack", (time.perf_counter() - sent) * 1000)
+                elif isinstance(frame, Error):
+                    ctx.report.errors[frame.code] += 1
     finally:
         await publisher.close()
 
 
-async def _ws(params: FanoutParams, targets: list[tuple[int, psutil.Process]]) -> FanoutResult:
-    (port, process), *_ = targets
-    url = f"ws://127.0.0.1:{port}"
-    publisher = await websockets.connect(url, compression=None)
-
-    async def connect() -> websockets.ClientConnection:
-        return await websockets.connect(url, compression=None, max_queue=None)
-
-    async def receive(ws: websockets.ClientConnection) -> int:
-        count = 0
-        async for message in ws:
-            if message == "end":
-                break
-            count += 1
-        assert count == params.messages
-        return count
-
-    async def publish() -> None:
-        await publisher.send(f"pub {params.messages} {params.size}")
-
+async def run(ctx: Shard) -> None:
+    p: Params = ctx.params
+    user, cid = ctx.setup["user"], uuid.UUID(ctx.setup["cid"])
+    mine = list(ctx.mine(p.subscribers))
+    clients: list[tuple[ProtocolClient, str]] = []
     try:
-        return await _measure("ws", params, [process], connect, receive, publish)
+        async with asyncio.timeout(p.duration_s):
+            for start in range(0, len(mine), p.connect_batch):
+                batch = mine[start : start + p.connect_batch]
+                opened = await asyncio.gather(
+                    *(_subscribe(ctx.urls[i % len(ctx.urls)], user, cid) for i in batch)
+                )
+                metrics = [LOCAL if i % len(ctx.urls) == 0 else REMOTE for i in batch]
+                clients += zip(opened, metrics, strict=True)
+            await ctx.together()
+            started = time.time()
+            jobs = [_receive(ctx, client, metric) for client, metric in clients]
+            if ctx.shard == 0:
+                jobs.append(_publish(ctx, user, cid))
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            ctx.report.measured(started, time.time())
+    except TimeoutError:
+        ctx.report.errors["load:deadline"] += 1
+        return
     finally:
-        await publisher.close()
+        await asyncio.gather(*(c.close() for c, _ in clients), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            ctx.report.errors[failure(result)] += 1
 
 
-async def _socketio(
-    params: FanoutParams, targets: list[tuple[int, psutil.Process]]
-) -> FanoutResult:
-    urls = [f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket" for port, _ in targets]
-    spread = itertools.cycle(urls)
-
-    async def connect(url: str | None = None) -> websockets.ClientConnection:
-        ws = await websockets.connect(url or next(spread), compression=None, max_queue=None)
-        await ws.recv()  # engine.io open packet
-        await ws.send("40")  # connect to the default namespace
-        while not str(await ws.recv()).startswith("40"):
-            pass
-        return ws
-
-    publisher = await connect(urls[0])
-
-    async def receive(ws: websockets.ClientConnection) -> int:
-        count = 0
-        async for message in ws:
-            text = str(message)
-            if text == "2":
-                await ws.send("3")  # engine.io ping → pong
-            elif text.startswith('42["end"'):
-                break
-            elif text.startswith('42["m"'):
-                count += 1
-        assert count == params.messages
-        return count
-
-    async def publish() -> None:
-        await publisher.send(
-            orjson.dumps(["pub", f"pub {params.messages} {params.size}"]).decode().join(["42", ""])
-        )
-
-    try:
-        processes = [process for _, process in targets]
-        return await _measure("socketio", params, processes, connect, receive, publish)
-    finally:
-        await publisher.close()
-
-
-def run(target: str, params: FanoutParams) -> FanoutResult:
-    if params.replicas > 1 and target == "ws":
-        raise ValueError("the bare websockets peer has no multi-replica mode")
-    with contextlib.ExitStack() as stack:
-        redis_url = None
-        if params.replicas > 1:
-            redis_url = stack.enter_context(_redis()).url
-        if target == "server":
-            room = str(2 * params.messages * (params.size + 1) + 1000)  # the [[sim]] reply
-            env = {"OUTBOX_FRAMES": str(params.messages * 4)}
-            env |= {"MAX_TEXT_CHARS": room, "MAX_FRAME_BYTES": room}
-            if redis_url:
-                env["REDIS_URL"] = redis_url
-            servers = stack.enter_context(spawned_servers(params.replicas, **env))
-            targets = [(s.port, psutil.Process(s.process.pid)) for s in servers]
-            return asyncio.run(_server(params, targets))
-        module = {"ws": "load.peers.ws_broadcast", "socketio": "load.peers.socketio_relay"}[target]
-        extra = ("--redis", redis_url) if redis_url else ()
-        targets = stack.enter_context(_peers(module, params.replicas, *extra))
-        measure = _ws if target == "ws" else _socketio
-        return asyncio.run(measure(params, targets))
-
-
-@contextlib.contextmanager
-def _redis() -> Iterator[EmbeddedRedis]:
-    redis = EmbeddedRedis()
-    try:
-        yield redis
-    finally:
-        redis.stop()
+def finish(report: Report) -> None:
+    """After the processes' reports are merged: the delay Redis and the other replica add."""
+    local, remote = report.samples.get(LOCAL), report.samples.get(REMOTE)
+    if local and remote:
+        for p in (50, 95):
+            added = percentile(remote, p) - percentile(local, p)
+            report.derived[f"cross-replica fan-out delay p{p} (ms)"] = added

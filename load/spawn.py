@@ -144,3 +144,18 @@ def spawned_servers(count: int, **env: str) -> Iterator[list[Spawned]]:
             subprocess.run(
                 [sys.executable, "-m", "chat_server", "stop-db"], env=base_env, check=False
             )
+
+
+@contextlib.contextmanager
+def spawned_deployment(replicas: int, **env: str) -> Iterator[list[Spawned]]:
+    """One server, or ``replicas`` servers sharing a freshly started embedded Redis."""
+    if replicas <= 1:
+        with spawned_servers(1, **env) as servers:
+            yield servers
+        return
+    redis = EmbeddedRedis()
+    try:
+        with spawned_servers(replicas, REDIS_URL=redis.url, **env) as servers:
+            yield servers
+    finally:
+        redis.stop()

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
-from load.client import ProtocolClient
+from load.client import ProtocolClient, failure
 from load.report import Report
+from load.runner import Shard
 from protocol.messages import (
     Ack,
     Cancel,
@@ -37,7 +39,7 @@ WORDS = "could you move my three o'clock with the design team to tomorrow mornin
 
 
 @dataclass(frozen=True)
-class VoiceParams:
+class Params:
     sessions: int = 20
     turns: int = 4
     partials: int = 3  # partial transcripts before each final one
@@ -51,8 +53,12 @@ class VoiceParams:
     directive: bool = True  # add [[sim ...]] pacing (only the simulator understands it)
 
 
-async def run(urls: list[str], params: VoiceParams) -> Report:
-    report = Report("voice", asdict(params) | {"urls": len(urls)})
+async def setup(urls: list[str], params: Params, pids: list[int]) -> dict[str, Any]:
+    return {}
+
+
+async def run(ctx: Shard) -> None:
+    urls, params, report = ctx.urls, ctx.params, ctx.report
     deadline = time.monotonic() + params.duration_s
     sim = (
         f" [[sim ttft_ms={params.ttft_ms} tps={params.tps} tokens={params.tokens}"
@@ -104,12 +110,11 @@ async def run(urls: list[str], params: VoiceParams) -> Report:
             await client.close()
 
     results = await asyncio.gather(
-        *(session(i) for i in range(params.sessions)), return_exceptions=True
+        *(session(i) for i in ctx.mine(params.sessions)), return_exceptions=True
     )
     for result in results:
         if isinstance(result, BaseException):
-            report.errors[type(result).__name__] += 1
-    return report
+            report.errors[failure(result)] += 1
 
 
 async def _one_turn(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from load import voice
 from load.report import percentile
-from tests.servers import RunningServer
+from load.spawn import Spawned, spawned_deployment
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -24,56 +25,126 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile([7.0], 99) == 7.0
 
 
-@pytest.mark.asyncio
-async def test_voice_scenario_reports_latencies_and_loses_nothing(server: RunningServer) -> None:
-    params = voice.VoiceParams(sessions=4, turns=2, partials=2, partial_gap_ms=20, ttft_ms=0)
-    report = await voice.run([server.ws], params)
-    summary = report.summary()
-    assert not report.errors, report.errors
-    assert report.counts["acked_turns"] == 8
-    assert report.counts["lost_turns"] == 0
-    assert report.counts["turns_interrupted"] == 4
-    assert report.counts.get("heard_text_mismatch", 0) == 0
-    for label in ("early routing", "no early routing"):
-        assert summary[f"final input → first delta ({label})"]["n"] == 4
-    assert summary["barge-in → turn_end"]["n"] == 4
-    assert "p99" in report.table()
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[list[Spawned]]:
+    """Two replicas on one Redis, shared by the smoke runs of every scenario."""
+    with spawned_deployment(2) as servers:
+        yield servers
 
 
-def test_cli_spawns_a_server_runs_voice_and_writes_json(tmp_path: Path) -> None:
-    out = tmp_path / "voice.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "load",
-            "voice",
-            "--spawn",
-            "--sessions",
-            "2",
-            "--turns",
-            "2",
-            "--duration-s",
-            "60",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+def run_cli(deployment: list[Spawned], tmp_path: Path, *args: str) -> dict[str, Any]:
+    """``python -m load`` against both replicas; its JSON report (exit code checked)."""
+    out = tmp_path / "report.json"
+    command = [sys.executable, "-m", "load", *args, "--json", str(out), "--duration-s", "60"]
+    for server in deployment:
+        command += ["--url", server.ws_url, "--pid", str(server.process.pid)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "p99" in result.stdout
+    report: dict[str, Any] = json.loads(out.read_text())
+    assert not report["errors"], report["errors"]
+    return report
+
+
+def test_chat_scenario_over_two_load_processes_delivers_every_chunk(
+    deployment: list[Spawned], tmp_path: Path
+) -> None:
+    plot = tmp_path / "latency.png"
+    report = run_cli(
+        deployment,
+        tmp_path,
+        *("chat", "--users", "3", "--devices", "2", "--turns", "2", "--interval-ms", "0"),
+        *("--tokens", "10", "--tps", "500", "--ttft-ms", "0", "--procs", "2"),
+        *("--plot", str(plot)),
     )
+    counts = report["counts"]
+    assert report["params"]["load_processes"] == 2
+    assert counts["acked_turns"] == 6
+    assert counts["deliveries"] == 3 * 2 * 10 * 2  # conversations x turns x chunks x devices
+    assert not any(counts.get(k) for k in ("lost_turns", "lost_reply_text"))
+    assert report["latency_ms"]["chunk emit → receipt"]["n"] == 120
+    assert report["latency_ms"]["send → ack"]["n"] == 6
+    assert report["server"]["cpu_s"] > 0
+    assert counts["load_cpu_ms"] > 0
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_fanout_scenario_reports_the_delay_across_replicas(
+    deployment: list[Spawned], tmp_path: Path
+) -> None:
+    report = run_cli(
+        deployment,
+        tmp_path,
+        *("fanout", "--subscribers", "10", "--turns", "2", "--tokens", "20", "--procs", "2"),
+    )
+    assert report["counts"]["deliveries"] == 10 * 2 * 20
+    assert report["counts"].get("lost_reply_text", 0) == 0
+    for where in ("generating replica", "other replicas"):
+        assert report["latency_ms"][f"chunk emit → receipt ({where})"]["n"] == 5 * 2 * 20
+    assert "cross-replica fan-out delay p50 (ms)" in report["derived"]
+    assert report["rates"]["deliveries_per_s"] > 0
+
+
+def test_reconnect_scenario_resumes_without_gap_or_repeat(
+    deployment: list[Spawned], tmp_path: Path
+) -> None:
+    report = run_cli(
+        deployment,
+        tmp_path,
+        *("reconnect", "--clients", "3", "--turns", "1", "--drops", "2", "--tokens", "60"),
+    )
+    counts = report["counts"]
+    assert counts["reconnects"] >= 3
+    assert counts["replies"] == 3
+    assert counts["acked_turns"] == 3
+    for bad in ("gaps", "repeats", "lost_reply_text", "lost_turns"):
+        assert counts.get(bad, 0) == 0, bad
+    assert report["latency_ms"]["reconnect → joined"]["n"] == counts["reconnects"]
+
+
+def test_idle_scenario_measures_memory_per_connection(
+    deployment: list[Spawned], tmp_path: Path
+) -> None:
+    report = run_cli(deployment, tmp_path, "idle", "--connections", "20", "--hold-s", "1")
+    assert report["counts"]["connections"] == 20
+    assert report["counts"].get("dropped", 0) == 0
+    assert report["derived"]["server RSS per idle connection (KiB)"] > 0
+
+
+def test_voice_scenario_reports_latencies_and_loses_nothing(
+    deployment: list[Spawned], tmp_path: Path
+) -> None:
+    report = run_cli(
+        deployment,
+        tmp_path,
+        *("voice", "--sessions", "4", "--turns", "2", "--partials", "2"),
+        *("--partial-gap-ms", "20", "--ttft-ms", "0"),
+    )
+    counts, latency = report["counts"], report["latency_ms"]
+    assert counts["acked_turns"] == 8
+    assert counts["lost_turns"] == 0
+    assert counts["turns_interrupted"] == 4
+    assert counts.get("heard_text_mismatch", 0) == 0
+    for label in ("early routing", "no early routing"):
+        assert latency[f"final input → first delta ({label})"]["n"] == 4
+    assert latency["barge-in → turn_end"]["n"] == 4
+
+
+def test_cli_spawns_its_own_server(tmp_path: Path) -> None:
+    out = tmp_path / "voice.json"
+    command = [sys.executable, "-m", "load", "voice", "--spawn", "--sessions", "2"]
+    command += ["--turns", "2", "--duration-s", "60", "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     assert report["counts"]["lost_turns"] == 0
-    assert report["counts"]["server_cpu_ms"] > 0
-    assert "final input → first delta (early routing)" in report["latency_ms"]
+    assert report["server"]["cpu_s"] > 0
     assert "barge-in" in result.stdout
 
 
 @pytest.mark.parametrize("target", ["server", "ws", "socketio"])
 def test_fanout_delivers_everything_to_every_subscriber(target: str) -> None:
-    from load.fanout import FanoutParams, run
+    from load.peer_fanout import FanoutParams, run
 
     result = run(target, FanoutParams(subscribers=20, messages=30, size=50, timeout_s=60))
     assert result.deliveries_per_s > 0
@@ -83,7 +154,7 @@ def test_fanout_delivers_everything_to_every_subscriber(target: str) -> None:
 
 @pytest.mark.parametrize("target", ["server", "socketio"])
 def test_fanout_across_two_replicas_delivers_everything(target: str) -> None:
-    from load.fanout import FanoutParams, run
+    from load.peer_fanout import FanoutParams, run
 
     params = FanoutParams(subscribers=20, messages=20, size=50, timeout_s=60, replicas=2)
     result = run(target, params)

@@ -38,10 +38,11 @@ class GeminiEmbedder:
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
+        contents: list[types.ContentUnion] = [text for text in texts]
         try:
             response = await self._client.aio.models.embed_content(
                 model=self._model,
-                contents=list(texts),
+                contents=contents,
                 config=types.EmbedContentConfig(
                     output_dimensionality=self._dim, task_type="SEMANTIC_SIMILARITY"
                 ),

@@ -9,6 +9,9 @@ directive in its last user text, e.g. ``[[sim ttft_ms=0 tps=500 fail=cut after=3
 
 - ``ttft_ms``, ``tps`` (tokens per second), ``chunk`` (tokens per SSE event),
   ``tokens`` (length of the default reply), ``reply="exact text"``;
+- ``stamp=1``: each chunk's text starts with ``<t=UNIX_SECONDS>``, the wall-clock time
+  it was emitted, so a load client on the same machine can measure what the server
+  adds per chunk (``STAMP`` finds them);
 - ``fail=`` ``429`` | ``500`` (HTTP error before streaming), ``cut`` (connection
   dropped after ``after`` tokens), ``stall`` (stops sending after ``after`` tokens),
   ``safety`` | ``length`` (finish reason SAFETY / MAX_TOKENS after ``after`` tokens),
@@ -39,6 +42,7 @@ from starlette.routing import Route
 
 _DIRECTIVE = re.compile(r"\[\[sim\s+(.*?)\]\]", re.S)
 _TOKEN = re.compile(r"\s*\S+")
+STAMP = re.compile(r"<t=(\d+\.\d+)>")  # emit times inserted by ``stamp=1``
 _FILLER = [
     "Here",
     "is",
@@ -82,6 +86,7 @@ class SimConfig:
     reply: str | None = None
     fail: str | None = None
     fail_after: int = 5
+    stamp: bool = False
 
 
 class _Abort(Exception):
@@ -121,6 +126,8 @@ def _apply_directive(config: SimConfig, text: str) -> SimConfig:
             changes["fail"] = value
         elif key == "after":
             changes["fail_after"] = int(value)
+        elif key == "stamp":
+            changes["stamp"] = value not in ("0", "false")
     return replace(config, **changes)
 
 
@@ -246,7 +253,10 @@ async def _stream(
         piece = tokens[i : min(i + cfg.chunk_tokens, stop_at)]
         sent += len(piece)
         last = cfg.fail is None and sent >= len(tokens)
-        yield _chunk("".join(piece), finish if last else None, usage if last else None)
+        text = "".join(piece)
+        if cfg.stamp:
+            text = f"<t={time.time():.6f}>{text}"
+        yield _chunk(text, finish if last else None, usage if last else None)
     if cfg.fail is None:
         if not tokens:
             yield _chunk("", finish, usage)
