@@ -4,6 +4,8 @@ Fan-out of one long streamed reply to many subscribers: this server vs a bare
 ``websockets`` broadcast server (the ceiling for a Python process) vs python-socketio in
 one process, then this server's two replicas vs python-socketio's two replicas with its
 AsyncRedisManager on the same (embedded) Redis; plus server memory per idle connection.
+Then server CPU per streamed token, this server vs a python-socketio token relay, both
+streaming from the Gemini simulator through google-genai (load/bench_tokens.py).
 Each target runs in its own processes, one after the other, with the same clients.
 """
 
@@ -14,6 +16,7 @@ import dataclasses
 import json
 import sys
 
+from load import bench_tokens
 from load.peer_fanout import TARGETS, FanoutParams, run
 
 
@@ -64,10 +67,26 @@ def main(argv: list[str]) -> int:
         "  note: this server merges the deltas queued for a subscriber that lags, so its"
         " frames/sub can be far below the messages sent; the peers send every message."
     )
+    tokens = bench_tokens.TokenParams()
+    per_token = bench_tokens.run(tokens)
+    print(
+        f"server CPU per streamed token: {tokens.conversations} conversations x "
+        f"{tokens.devices} devices, replies of {tokens.tokens} and {4 * tokens.tokens} tokens,"
+        f" {tokens.chunk} token(s) per chunk at {tokens.tps:g} tokens/s"
+    )
+    for line in per_token.lines():
+        print(f"  {line}")
+    mine, peer, sdk = (per_token.marginal_us[t] for t in bench_tokens.TARGETS)
+    ratio("per extra token vs python-socketio", peer / mine)
+    ratio("the same, google-genai's share taken out", (peer - sdk) / max(mine - sdk, 1e-9))
     if args.json:
         with open(args.json, "w") as out:
             everything = [*results.values(), *replicated.values()]
-            json.dump([vars(r) for r in everything], out, indent=2)
+            json.dump(
+                {"fanout": [vars(r) for r in everything], "per_token": vars(per_token)},
+                out,
+                indent=2,
+            )
     return 0
 
 

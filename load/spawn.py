@@ -65,6 +65,7 @@ class EmbeddedRedis:
 class Spawned:
     port: int
     process: subprocess.Popen[bytes]
+    sim_url: str  # the Gemini simulator this server talks to
 
     @property
     def ws_url(self) -> str:
@@ -131,7 +132,7 @@ def spawned_servers(count: int, **env: str) -> Iterator[list[Spawned]]:
                 processes.append(process)
                 # One at a time: the first creates the embedded Postgres the others reuse.
                 _wait_http(f"http://127.0.0.1:{port}/ready", process, log)
-                servers.append(Spawned(port, process))
+                servers.append(Spawned(port, process, f"http://127.0.0.1:{sim_port}"))
             yield servers
         finally:
             for process in reversed(processes):

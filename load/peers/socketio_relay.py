@@ -1,7 +1,12 @@
 """The common Python choice: python-socketio (ASGI, under uvicorn with the same
 websockets-sansio implementation as this server). Subscribers join room "r"; ``pub``
 emits N messages to the room through the client manager (AsyncRedisManager when
-``--redis`` is given, so the relay crosses Redis like this server's replicas)."""
+``--redis`` is given, so the relay crosses Redis like this server's replicas).
+
+Token relay (``--gemini URL``, the project's simulator): ``join`` puts a connection in
+a room; ``chat`` {room, text} streams a reply through google-genai's
+``generate_content_stream`` and emits each chunk's text to the room as ``d``, then
+``e`` — the work this server does per token, minus everything else it does."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import socketio
 import uvicorn
 
 
-def build(redis_url: str | None) -> Any:
+def build(redis_url: str | None, gemini_url: str | None = None) -> Any:
     manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
     sio = socketio.AsyncServer(async_mode="asgi", client_manager=manager, cors_allowed_origins="*")
 
@@ -28,6 +33,26 @@ def build(redis_url: str | None) -> Any:
             await sio.emit("m", payload, room="r", skip_sid=sid)
         await sio.emit("end", room="r", skip_sid=sid)
 
+    if gemini_url:
+        from google import genai
+        from google.genai import types
+
+        client = genai.Client(api_key="sim", http_options=types.HttpOptions(base_url=gemini_url))
+
+        @sio.on("join")  # type: ignore[untyped-decorator]
+        async def join(sid: str, room: str) -> None:
+            await sio.enter_room(sid, room)
+
+        @sio.on("chat")  # type: ignore[untyped-decorator]
+        async def chat(sid: str, data: dict[str, str]) -> None:
+            stream = await client.aio.models.generate_content_stream(
+                model="gemini-2.5-flash", contents=data["text"]
+            )
+            async for chunk in stream:
+                if chunk.text:
+                    await sio.emit("d", chunk.text, room=data["room"])
+            await sio.emit("e", room=data["room"])
+
     return socketio.ASGIApp(sio)
 
 
@@ -35,9 +60,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis")
+    parser.add_argument("--gemini", help="simulator URL: enables the token relay")
     args = parser.parse_args()
     uvicorn.run(
-        build(args.redis),
+        build(args.redis, args.gemini),
         host="127.0.0.1",
         port=args.port,
         ws="websockets-sansio",
