@@ -89,8 +89,13 @@ async def test_a_device_on_b_sees_the_reply_generated_on_a_token_by_token(
     end_a, frames_a = await sender.until(TurnEnd)
     end_b, frames_b = await watcher.until(TurnEnd)
     assert end_b.message.text == end_a.message.text
-    assert deltas(frames_b) == deltas(frames_a), "same tokens, same offsets, same order"
-    assert len(deltas(frames_b)) >= 10
+    on_a, on_b = deltas(frames_a), deltas(frames_b)
+    # B relays A's deltas: same offsets, same text. A device that falls behind (a
+    # loaded machine) gets adjacent deltas merged into one frame, so B may have fewer
+    # boundaries than A, never other ones; on an idle machine the lists are equal.
+    assert {offset for offset, _ in on_b} <= {offset for offset, _ in on_a}, (on_a, on_b)
+    assert "".join(t for _, t in on_b) == "".join(t for _, t in on_a)
+    assert len(on_b) >= 10, "token by token, not the reply in a few pieces"
     assert reply_text(frames_b, end_b.turn_id) == end_b.message.text
     assert [type(f).__name__ for f in frames_b[:2]] == ["Message", "TurnStart"]
     await watcher.send(Typing(conversation_id=cid))
