@@ -20,9 +20,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient, failure, join, open_session, sim, stamps
+from load.client import ProtocolClient, join, open_session, sim, stamps
 from load.report import Report
-from load.runner import Shard
+from load.runner import Shard, run_clients
 from protocol.messages import (
     Ack,
     Delta,
@@ -145,19 +145,9 @@ async def conversation(ctx: Shard, user: str, url_index: int, label: str) -> Non
 
 async def run(ctx: Shard) -> None:
     p: Params = ctx.params
-    started = time.time()
     jobs = [
         conversation(ctx, f"load-chat-{ctx.setup['run']}-{u}", u * p.conversations + c, f"{u}.{c}")
         for u in ctx.mine(p.users)
         for c in range(p.conversations)
     ]
-    try:
-        async with asyncio.timeout(p.duration_s):
-            results = await asyncio.gather(*jobs, return_exceptions=True)
-    except TimeoutError:
-        ctx.report.errors["load:deadline"] += 1
-        return
-    for result in results:
-        if isinstance(result, BaseException):
-            ctx.report.errors[failure(result)] += 1
-    ctx.report.measured(started, time.time())
+    await run_clients(ctx, jobs)

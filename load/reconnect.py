@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient, failure, join, open_session, sim
-from load.runner import Shard
+from load.client import ProtocolClient, join, open_session, sim
+from load.runner import Shard, run_clients
 from protocol.messages import Ack, Delta, Error, History, HistoryPage, Join, Message, Send, TurnEnd
 
 
@@ -141,17 +141,4 @@ class _Resumer:
 
 
 async def run(ctx: Shard) -> None:
-    p: Params = ctx.params
-    started = time.time()
-    try:
-        async with asyncio.timeout(p.duration_s):
-            results = await asyncio.gather(
-                *(_Resumer(ctx, i).run() for i in ctx.mine(p.clients)), return_exceptions=True
-            )
-    except TimeoutError:
-        ctx.report.errors["load:deadline"] += 1
-        return
-    for result in results:
-        if isinstance(result, BaseException):
-            ctx.report.errors[failure(result)] += 1
-    ctx.report.measured(started, time.time())
+    await run_clients(ctx, [_Resumer(ctx, i).run() for i in ctx.mine(ctx.params.clients)])

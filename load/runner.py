@@ -22,12 +22,13 @@ import importlib
 import multiprocessing
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
 
+from load.client import failure
 from load.report import Report
 
 SCENARIOS = ("chat", "fanout", "voice", "reconnect", "idle")
@@ -62,6 +63,22 @@ def server_rss(pids: list[int]) -> int:
 
 async def _no_wait() -> None:
     return None
+
+
+async def run_clients(ctx: Shard, jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Run one coroutine per simulated client within the run's deadline; a client that
+    fails is counted by error code, and the span they ran is the measured phase."""
+    started = time.time()
+    try:
+        async with asyncio.timeout(ctx.params.duration_s):
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+    except TimeoutError:
+        ctx.report.errors["load:deadline"] += 1
+        return
+    for result in results:
+        if isinstance(result, BaseException):
+            ctx.report.errors[failure(result)] += 1
+    ctx.report.measured(started, time.time())
 
 
 def _rss(pid: int) -> int:
@@ -172,4 +189,4 @@ def _in_processes(
     return report
 
 
-__all__ = ["SCENARIOS", "Shard", "execute", "scenario_module", "server_rss"]
+__all__ = ["SCENARIOS", "Shard", "execute", "run_clients", "scenario_module", "server_rss"]

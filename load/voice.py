@@ -15,9 +15,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient, failure
+from load.client import ProtocolClient
 from load.report import Report
-from load.runner import Shard
+from load.runner import Shard, run_clients
 from protocol.messages import (
     Ack,
     Cancel,
@@ -109,12 +109,7 @@ async def run(ctx: Shard) -> None:
         finally:
             await client.close()
 
-    results = await asyncio.gather(
-        *(session(i) for i in ctx.mine(params.sessions)), return_exceptions=True
-    )
-    for result in results:
-        if isinstance(result, BaseException):
-            report.errors[failure(result)] += 1
+    await run_clients(ctx, [session(i) for i in ctx.mine(params.sessions)])
 
 
 async def _one_turn(
