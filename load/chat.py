@@ -20,15 +20,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient, join, open_session, sim, stamps
+from load.client import ProtocolClient, count_lost, join, open_session, sim, stamps
 from load.report import Report
 from load.runner import Shard, run_clients
 from protocol.messages import (
     Ack,
     Delta,
     Error,
-    History,
-    HistoryPage,
     Join,
     Send,
     TurnEnd,
@@ -132,12 +130,7 @@ async def conversation(ctx: Shard, user: str, url_index: int, label: str) -> Non
             await sender.ended.get()
             await asyncio.sleep(max(0.0, sent + p.interval_ms / 1000 - time.perf_counter()))
         await asyncio.gather(*readers)
-        await sender.client.send(History(conversation_id=cid, limit=2 * p.turns + 10))
-        while not isinstance(page := await sender.client.recv(), HistoryPage):
-            pass
-        stored = {m.client_id for m in page.messages if m.role == "user"}
-        report.counts["acked_turns"] += len(acked)
-        report.counts["lost_turns"] += len(acked - stored)
+        await count_lost(sender.client, report, cid, acked, limit=2 * p.turns + 10)
     finally:
         for device in devices:
             await device.client.close()

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any, Self
 
 import orjson
 import websockets
 
 from chat_server.llm.simulator import STAMP
+from load.report import Report
 from protocol import decode_server, encode
 from protocol.messages import (
     ClientMessage,
     Error,
     Hello,
+    History,
+    HistoryPage,
     Join,
     Joined,
     Presence,
@@ -86,6 +90,19 @@ async def join(client: ProtocolClient, join: Join) -> Joined:
     if not isinstance(joined, Joined):
         raise Refused(joined.code if isinstance(joined, Error) else type(joined).__name__)
     return joined
+
+
+async def count_lost(
+    client: ProtocolClient, report: Report, cid: uuid.UUID, acked: set[str], limit: int
+) -> None:
+    """Read the conversation's history and count the acknowledged sends (by client id)
+    that are not stored: ``lost_turns`` must stay 0."""
+    await client.send(History(conversation_id=cid, limit=limit))
+    while not isinstance(page := await client.recv(), HistoryPage):
+        pass
+    stored = {m.client_id for m in page.messages if m.role == "user"}
+    report.counts["acked_turns"] += len(acked)
+    report.counts["lost_turns"] += len(acked - stored)
 
 
 def failure(exc: BaseException) -> str:

@@ -19,9 +19,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient, join, open_session, sim
+from load.client import ProtocolClient, count_lost, join, open_session, sim
 from load.runner import Shard, run_clients
-from protocol.messages import Ack, Delta, Error, History, HistoryPage, Join, Message, Send, TurnEnd
+from protocol.messages import Ack, Delta, Error, Join, Message, Send, TurnEnd
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,7 @@ class _Resumer:
                 )
                 if await self._turn(cid):
                     acked.add(f"t{k}")
-            await self.client.send(History(conversation_id=cid, limit=50))
-            while not isinstance(page := await self.client.recv(), HistoryPage):
-                pass
-            stored = {m.client_id for m in page.messages if m.role == "user"}
-            report.counts["acked_turns"] += len(acked)
-            report.counts["lost_turns"] += len(acked - stored)
+            await count_lost(self.client, report, cid, acked, limit=50)
         finally:
             await self.client.close()
 

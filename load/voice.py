@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient
+from load.client import ProtocolClient, count_lost
 from load.report import Report
 from load.runner import Shard, run_clients
 from protocol.messages import (
@@ -23,8 +23,6 @@ from protocol.messages import (
     Cancel,
     Delta,
     Error,
-    History,
-    HistoryPage,
     Input,
     InterruptOn,
     Join,
@@ -100,12 +98,7 @@ async def run(ctx: Shard) -> None:
                 )
                 barge_in = params.barge_in_every > 0 and k % params.barge_in_every == 1
                 await _one_turn(client, report, label, input_id, cid, sent, barge_in, acked)
-            await client.send(History(conversation_id=cid, limit=200))
-            while not isinstance(page := await client.recv(), HistoryPage):
-                pass
-            stored = {m.client_id for m in page.messages if m.role == "user"}
-            report.counts["acked_turns"] += len(acked)
-            report.counts["lost_turns"] += len(acked - stored)
+            await count_lost(client, report, cid, acked, limit=200)
         finally:
             await client.close()
 
