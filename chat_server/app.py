@@ -26,7 +26,7 @@ from chat_server.inflight import Inflight
 from chat_server.inflight.memory import MemoryInflight
 from chat_server.llm.gemini import GeminiEmbedder, GeminiProvider
 from chat_server.llm.simulator import SimConfig, create_simulator
-from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore
+from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore, PresenceTracker
 from chat_server.presence.memory import MemoryPresence
 from chat_server.router.embedding import DIM, Embedder, HashingEmbedder
 from chat_server.session import Drain, Runtime
@@ -80,7 +80,7 @@ async def _refresh_presence(runtime: Runtime) -> None:
             for conversation_id in session.joined_conversations()
         ]
         try:
-            await runtime.presence.refresh(entries)
+            await runtime.presence.store.refresh(entries)
         except Exception:  # Redis away: entries live on until their TTL
             log.warning("presence refresh failed", exc_info=True)
 
@@ -132,7 +132,7 @@ def create_app(settings: Settings) -> Starlette:
                 auth=Authenticator(settings.jwt_secret),
                 bus=bus,
                 drain=Drain(),
-                presence=presence,
+                presence=PresenceTracker(presence, hub.publish),
             )
             app.state.runtime = runtime
             if mount_simulator and settings.embedder == "gemini":
@@ -155,6 +155,7 @@ def create_app(settings: Settings) -> Starlette:
                 for task in background:
                     task.cancel()
                 await turns.shutdown()
+                await runtime.presence.aclose()
                 await llm.aclose()
                 await embedder.aclose()
                 await bus.aclose()

@@ -32,7 +32,7 @@ from chat_server.bus import Bus
 from chat_server.config import Settings
 from chat_server.hub import Event, Hub
 from chat_server.inflight import InflightTurn
-from chat_server.presence import Device, PresenceStore
+from chat_server.presence import Device, PresenceTracker
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
 from chat_server.turns import Prepared, Turns, message_info
@@ -61,7 +61,6 @@ from protocol.messages import (
     Message,
     Ping,
     Pong,
-    Presence,
     Send,
     SessionOptions,
     TurnStart,
@@ -132,7 +131,7 @@ class Runtime:
     auth: Authenticator
     bus: Bus
     drain: Drain
-    presence: PresenceStore
+    presence: PresenceTracker
 
 
 class SessionState(enum.Enum):
@@ -343,7 +342,6 @@ class Session:
         finally:
             state.buffer = None
         await self._rt.presence.enter(conversation_id, self.device)
-        await self._announce_presence(conversation_id)
 
     @property
     def device(self) -> Device:
@@ -351,16 +349,6 @@ class Session:
 
     def joined_conversations(self) -> list[uuid.UUID]:
         return list(self._joined)
-
-    async def _announce_presence(self, conversation_id: uuid.UUID) -> None:
-        devices = await self._rt.presence.members(conversation_id)
-        await self._rt.hub.publish(
-            Presence(
-                conversation_id=conversation_id,
-                users=sorted({d.user_id for d in devices}),
-                devices=len(devices),
-            )
-        )
 
     async def _replay(self, join: Join, conversation_id: uuid.UUID, state: _Joined) -> None:
         """Send joined, the stored events after ``after_seq``, the replies still streaming,
@@ -436,7 +424,6 @@ class Session:
             await self._rt.hub.leave(conversation_id, self)
             try:
                 await self._rt.presence.leave(conversation_id, self.device)
-                await self._announce_presence(conversation_id)
             except Exception:  # presence is best effort; its TTL cleans up
                 log.warning("presence update on leave failed", exc_info=True)
 

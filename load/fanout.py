@@ -26,6 +26,7 @@ from load.runner import Shard
 from protocol.messages import Ack, Delta, Error, Join, Send, TurnEnd
 
 LOCAL, REMOTE = "chunk emit → receipt (generating replica)", "chunk emit → receipt (other replicas)"
+JOINING = "connect → joined"
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,11 @@ async def setup(urls: list[str], params: Params, pids: list[int]) -> dict[str, A
     return {"user": user, "cid": str(joined.conversation.id)}
 
 
-async def _subscribe(url: str, user: str, cid: uuid.UUID) -> ProtocolClient:
+async def _subscribe(ctx: Shard, url: str, user: str, cid: uuid.UUID) -> ProtocolClient:
+    started = time.perf_counter()
     client = await open_session(url, user, max_queue=None)
     await join(client, Join(conversation_id=cid))
+    ctx.report.add(JOINING, (time.perf_counter() - started) * 1000)
     return client
 
 
@@ -102,7 +105,7 @@ async def run(ctx: Shard) -> None:
             for start in range(0, len(mine), p.connect_batch):
                 batch = mine[start : start + p.connect_batch]
                 opened = await asyncio.gather(
-                    *(_subscribe(ctx.urls[i % len(ctx.urls)], user, cid) for i in batch)
+                    *(_subscribe(ctx, ctx.urls[i % len(ctx.urls)], user, cid) for i in batch)
                 )
                 metrics = [LOCAL if i % len(ctx.urls) == 0 else REMOTE for i in batch]
                 clients += zip(opened, metrics, strict=True)

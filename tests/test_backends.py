@@ -1,5 +1,6 @@
-"""One contract suite, run against every backend: the Bus (memory, Redis) and the
-in-flight store (memory, Redis). What the docstrings of bus/ and inflight/ promise."""
+"""One contract suite, run against every backend: the Bus, the in-flight store and the
+presence store (memory, Redis each). What the docstrings of bus/, inflight/ and
+presence/ promise, and how presence announcements are coalesced."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ from chat_server.bus.redis import RedisBus
 from chat_server.inflight import Inflight
 from chat_server.inflight.memory import MemoryInflight
 from chat_server.inflight.redis import RedisInflight
+from chat_server.presence import Device, PresenceStore, PresenceTracker
+from chat_server.presence.memory import MemoryPresence
+from chat_server.presence.redis import RedisPresence
 from load.spawn import EmbeddedRedis
+from protocol.messages import Presence
 
 pytestmark = pytest.mark.asyncio
 
@@ -142,3 +147,86 @@ async def test_redis_lease_lapses_unless_renewed(redis_server: EmbeddedRedis) ->
     )
     assert 0 < await client.ttl(f"inflight:{dropped}") <= 60, "and still expires"
     await client.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def presence(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis
+) -> AsyncIterator[PresenceStore]:
+    if request.param == "memory":
+        yield MemoryPresence(ttl_s=0.6)
+        return
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield RedisPresence(client, ttl_s=0.6)
+    await client.aclose()
+
+
+async def test_presence_lists_live_devices_until_they_leave_or_lapse(
+    presence: PresenceStore,
+) -> None:
+    conv = uuid.uuid4()
+    ann, bob, bob_phone = Device("s1", "ann"), Device("s2", "bob"), Device("s3", "bob")
+    for device in (bob_phone, ann, bob):
+        await presence.enter(conv, device)
+    assert await presence.members(conv) == [ann, bob, bob_phone]
+    await presence.leave(conv, bob_phone)
+    assert await presence.members(conv) == [ann, bob]
+    await asyncio.sleep(0.4)
+    await presence.refresh([(conv, bob)])
+    await asyncio.sleep(0.4)  # past ann's TTL, within bob's refreshed one
+    assert await presence.members(conv) == [bob]
+    await asyncio.sleep(0.7)
+    assert await presence.members(conv) == []
+
+
+class Announced:
+    """What a tracker published, with a way to wait for the next frames."""
+
+    def __init__(self) -> None:
+        self.frames: list[Presence] = []
+
+    async def publish(self, frame: Presence) -> None:
+        self.frames.append(frame)
+
+    async def count(self, n: int) -> list[Presence]:
+        async with asyncio.timeout(5):
+            while len(self.frames) < n:  # noqa: ASYNC110 - publish is a plain callback
+                await asyncio.sleep(0.005)
+        return self.frames
+
+
+async def test_a_join_storm_is_announced_once_or_twice_not_per_device() -> None:
+    announced = Announced()
+    tracker = PresenceTracker(MemoryPresence(), announced.publish, window_s=0.1)
+    conv, other = uuid.uuid4(), uuid.uuid4()
+    await asyncio.gather(
+        *(tracker.enter(conv, Device(f"s{i}", f"u{i % 10}")) for i in range(200)),
+        tracker.enter(other, Device("x", "solo")),
+    )
+    await asyncio.sleep(0.4)  # a few windows: every pending change is out by now
+    mine = [f for f in announced.frames if f.conversation_id == conv]
+    assert 1 <= len(mine) <= 2, f"{len(mine)} presence frames for one storm"
+    assert (mine[-1].devices, mine[-1].users) == (200, [f"u{i}" for i in range(10)])
+    assert [(f.devices, f.users) for f in announced.frames if f.conversation_id == other] == [
+        (1, ["solo"])
+    ]
+    await tracker.aclose()
+
+
+async def test_presence_changes_go_out_at_once_then_at_most_once_per_window() -> None:
+    announced = Announced()
+    tracker = PresenceTracker(MemoryPresence(), announced.publish, window_s=0.3)
+    conv = uuid.uuid4()
+    await tracker.enter(conv, Device("s1", "ann"))
+    assert [f.devices for f in await announced.count(1)] == [1]  # the first change: at once
+    await tracker.enter(conv, Device("s2", "bob"))
+    await tracker.leave(conv, Device("s1", "ann"))
+    frames = await announced.count(2)  # both changes, together, when the window ends
+    assert [(f.devices, f.users) for f in frames] == [(1, ["ann"]), (1, ["bob"])]
+    await asyncio.sleep(0.5)
+    assert len(announced.frames) == 2, "nothing changed, nothing announced"
+    await tracker.aclose()
+    await tracker.enter(conv, Device("s3", "cy"))  # closed: the store still learns it
+    await asyncio.sleep(0.05)
+    assert len(announced.frames) == 2
+    assert await tracker.store.members(conv) == [Device("s2", "bob"), Device("s3", "cy")]
