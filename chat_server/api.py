@@ -243,9 +243,7 @@ async def _caller(request: Request) -> Caller:
         subject = runtime.auth.subject(token)
     except Disconnect as exc:
         raise ApiError(401, "unauthorized", exc.reason) from None
-    async with runtime.db.begin() as s:
-        user = await queries.ensure_user(s, subject, default_model=runtime.settings.gemini_model)
-    return Caller(runtime, user.id, request)
+    return Caller(runtime, await runtime.users.resolve(subject), request)
 
 
 # ---------------------------------------------------------------- converters

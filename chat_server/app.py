@@ -31,6 +31,7 @@ from chat_server.presence.memory import MemoryPresence
 from chat_server.router.embedding import DIM, Embedder, HashingEmbedder
 from chat_server.session import Drain, Runtime
 from chat_server.storage.db import make_engine, make_sessionmaker
+from chat_server.storage.users import UserIds
 from chat_server.turns import Turns, reembed
 from chat_server.ws import websocket_endpoint
 
@@ -133,6 +134,7 @@ def create_app(settings: Settings) -> Starlette:
                 bus=bus,
                 drain=Drain(),
                 presence=PresenceTracker(presence, hub.publish),
+                users=UserIds(make_sessionmaker(engine), default_model=settings.gemini_model),
             )
             app.state.runtime = runtime
             if mount_simulator and settings.embedder == "gemini":

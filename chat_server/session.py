@@ -35,6 +35,7 @@ from chat_server.inflight import InflightTurn
 from chat_server.presence import Device, PresenceTracker
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
+from chat_server.storage.users import UserIds
 from chat_server.turns import Prepared, Turns, message_info
 from protocol import decode_client, decode_server, encode
 from protocol.errors import RETRYABLE, CloseCode, Disconnect, ErrorCode, ErrorReply
@@ -132,6 +133,7 @@ class Runtime:
     bus: Bus
     drain: Drain
     presence: PresenceTracker
+    users: UserIds
 
 
 class SessionState(enum.Enum):
@@ -273,11 +275,7 @@ class Session:
                 f"{PROTOCOL_VERSION}",
             )
         self.subject = self._rt.auth.subject(hello.token)
-        async with self._rt.db.begin() as s:
-            user = await queries.ensure_user(
-                s, self.subject, default_model=self._rt.settings.gemini_model
-            )
-        self.user_id = user.id
+        self.user_id = await self._rt.users.resolve(self.subject)
         self.options = hello.options
         self.state = SessionState.READY
         settings = self._rt.settings
@@ -327,18 +325,19 @@ class Session:
         else:
             assert join.conversation_id is not None
             conversation_id = join.conversation_id
-            async with self._rt.db.begin() as s:
-                if await queries.get_conversation(s, self._owner, conversation_id) is None:
-                    raise ErrorReply(
-                        ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found"
-                    )
         await self._leave(conversation_id)  # a repeated join starts over
         state = self._joined[conversation_id] = _Joined()
         for turn_id, held in (join.offsets or {}).items():
             self._offsets[turn_id] = held  # the client has this much of a streaming reply
+        # Subscribe first, then check and read in one transaction: events published
+        # meanwhile wait in ``state.buffer``, and nothing is sent before the check passed.
         await self._rt.hub.join(conversation_id, self)
         try:
             await self._replay(join, conversation_id, state)
+        except BaseException:
+            self._joined.pop(conversation_id, None)
+            await self._rt.hub.leave(conversation_id, self)
+            raise
         finally:
             state.buffer = None
         await self._rt.presence.enter(conversation_id, self.device)
@@ -357,7 +356,7 @@ class Session:
         limit = self._rt.settings.replay_limit
         async with self._rt.db.begin() as s:
             conversation = await queries.get_conversation(s, self._owner, conversation_id)
-            if conversation is None:  # deleted between the check and now
+            if conversation is None:  # not there, or someone else's
                 raise ErrorReply(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
             rows = (
                 await queries.messages_after(s, conversation_id, join.after_seq, limit + 1)

@@ -65,6 +65,7 @@ def ready_session(transport: GatedTransport, outbox_frames: int = 100) -> Sessio
         bus=None,  # type: ignore[arg-type]
         drain=None,  # type: ignore[arg-type]
         presence=None,  # type: ignore[arg-type]
+        users=None,  # type: ignore[arg-type]
     )
     session = Session(runtime, transport)
     session.state = SessionState.READY

@@ -8,11 +8,12 @@ import uuid
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chat_server.storage import migrate, queries
 from chat_server.storage.models import EMBEDDING_DIM, Assistant, Message, Skill
+from chat_server.storage.users import UserIds
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -57,6 +58,31 @@ async def test_new_user_gets_one_default_assistant_even_on_concurrent_first_logi
     async with db() as s:
         names = list(await s.scalars(select(Assistant.name).where(Assistant.owner_id == ids[0])))
     assert names == [queries.DEFAULT_ASSISTANT_NAME]
+
+
+@pytest.mark.asyncio
+async def test_a_returning_subject_is_resolved_without_a_query(
+    engine: AsyncEngine, db: async_sessionmaker[AsyncSession]
+) -> None:
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    users = UserIds(db, default_model="m", size=2)
+    ann, bob, cy = (f"{name}-{uuid.uuid4()}" for name in ("ann", "bob", "cy"))
+    ann_id = await users.resolve(ann)
+    assert statements, "a new subject is looked up (and created)"
+    statements.clear()
+    assert await users.resolve(ann) == ann_id
+    assert statements == [], "a returning subject costs no query"
+    await users.resolve(bob)
+    await users.resolve(ann)  # ann is now the most recently used; bob goes next
+    await users.resolve(cy)
+    statements.clear()
+    assert await users.resolve(ann) == ann_id
+    assert statements == []
+    await users.resolve(bob)
+    assert statements, "the least recently used subject was forgotten (size=2)"
+    async with db.begin() as s:  # and the cache agrees with Postgres
+        assert (await queries.ensure_user(s, ann, default_model="m")).id == ann_id
 
 
 @pytest.mark.asyncio

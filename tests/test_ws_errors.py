@@ -138,7 +138,10 @@ async def test_someone_elses_conversation_is_not_found_and_untouched(
         )
     assert len(texts) == 2
     assert "let me in" not in texts
-    await still_alive(intruder)
+    await owner.send(Send(id="more", conversation_id=cid, text="still private"))
+    await owner.until(TurnEnd)
+    await still_alive(intruder)  # the next frame is its pong: nothing of cid leaked
+    assert [p for p in intruder.presence if p.conversation_id == cid] == []
     await owner.close()
     await intruder.close()
 

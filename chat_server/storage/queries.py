@@ -32,7 +32,13 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 async def ensure_user(s: AsyncSession, external_id: str, *, default_model: str) -> User:
-    """The user for an authenticated subject; a new user gets one default assistant."""
+    """The user for an authenticated subject; a new user gets one default assistant.
+
+    A returning user costs one read: the insert (which makes the transaction write and
+    its commit wait for a WAL flush) runs only for a subject not seen before."""
+    user = await s.scalar(select(User).where(User.external_id == external_id))
+    if user is not None:
+        return user
     inserted = await s.scalar(
         insert(User)
         .values(id=uuid.uuid4(), external_id=external_id)
