@@ -108,7 +108,10 @@ def test_idle_scenario_measures_memory_per_connection(
     report = run_cli(deployment, tmp_path, "idle", "--connections", "20", "--hold-s", "1")
     assert report["counts"]["connections"] == 20
     assert report["counts"].get("dropped", 0) == 0
-    assert report["derived"]["server RSS per idle connection (KiB)"] > 0
+    derived = report["derived"]
+    assert derived["server RSS per idle connection (KiB)"] > 0
+    stages = [k for k in derived if k.startswith("server RSS per connection: ")]
+    assert len(stages) == 3, derived  # open WebSocket, + session, + joined conversation
 
 
 def test_voice_scenario_reports_latencies_and_loses_nothing(
