@@ -80,11 +80,15 @@ class GeminiProvider:
         await self._client.aio.aclose()
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
-        contents: list[types.ContentUnion] = [
-            types.Content(role=turn.role, parts=[types.Part(text=turn.text)])
+        # Plain dicts (the SDK's TypedDicts), not types.Content models: the SDK validates
+        # the request either way, and validating model instances costs about 5x more
+        # (40 history messages: 12.9 vs 2.3 ms of CPU per request). The wire format is
+        # the same; tests/test_llm.py pins it.
+        contents: types.ContentListUnionDict = [
+            types.ContentDict(role=turn.role, parts=[types.PartDict(text=turn.text)])
             for turn in request.history
         ]
-        config = types.GenerateContentConfig(
+        config = types.GenerateContentConfigDict(
             system_instruction=request.system_prompt or None,
             max_output_tokens=request.max_output_tokens,
         )
