@@ -24,8 +24,6 @@ import orjson
 import psutil
 import websockets
 
-from chat_server.llm import ChatTurn, LLMRequest
-from chat_server.llm.gemini import GeminiProvider
 from load import chat
 from load.client import sim
 from load.peer_fanout import _cpu, _peers
@@ -120,22 +118,23 @@ async def _socketio_run(p: TokenParams, url: str, process: psutil.Process) -> tu
 
 
 async def _sdk_alone(p: TokenParams, sim_url: str) -> tuple[float, int]:
-    provider = GeminiProvider(api_key="sim", base_url=sim_url, attempts=1)
-    request = LLMRequest(
-        model="gemini-2.5-flash",
-        system_prompt="",
-        history=[ChatTurn(role="user", text=f"go {_directive(p)}")],
-        max_output_tokens=4096,
-    )
+    """google-genai streaming the same replies, the call the relay peer makes."""
+    from google import genai
+    from google.genai import types
+
+    client = genai.Client(api_key="sim", http_options=types.HttpOptions(base_url=sim_url))
 
     async def one() -> int:
-        return sum([1 async for chunk in provider.stream(request) if chunk.text])
+        stream = await client.aio.models.generate_content_stream(
+            model="gemini-2.5-flash", contents=f"go {_directive(p)}"
+        )
+        return sum([1 async for chunk in stream if chunk.text])
 
     await one()  # warm: connection and imports
     before = _own_cpu()
     chunks = sum(await asyncio.gather(*(one() for _ in range(p.conversations))))
     cpu = _own_cpu() - before
-    await provider.aclose()
+    await client.aio.aclose()
     return cpu, chunks
 
 
