@@ -5,7 +5,8 @@ Fan-out of one long streamed reply to many subscribers: this server vs a bare
 one process, then this server's two replicas vs python-socketio's two replicas with its
 AsyncRedisManager on the same (embedded) Redis; plus server memory per idle connection.
 Then server CPU per streamed token, this server vs a python-socketio token relay, both
-streaming from the Gemini simulator through google-genai (load/bench_tokens.py).
+streaming from the Gemini simulator through google-genai (load/bench_tokens.py), in one
+process each and in two replicas each (python-socketio with its AsyncRedisManager).
 Each target runs in its own processes, one after the other, with the same clients.
 """
 
@@ -67,23 +68,30 @@ def main(argv: list[str]) -> int:
         "  note: this server merges the deltas queued for a subscriber that lags, so its"
         " frames/sub can be far below the messages sent; the peers send every message."
     )
-    tokens = bench_tokens.TokenParams()
-    per_token = bench_tokens.run(tokens)
-    print(
-        f"server CPU per streamed token: {tokens.conversations} conversations x "
-        f"{tokens.devices} devices, replies of {tokens.tokens} and {4 * tokens.tokens} tokens,"
-        f" {tokens.chunk} token(s) per chunk at {tokens.tps:g} tokens/s"
-    )
-    for line in per_token.lines():
-        print(f"  {line}")
-    mine, peer, sdk = (per_token.marginal_us[t] for t in bench_tokens.TARGETS)
-    ratio("per extra token vs python-socketio", peer / mine)
-    ratio("the same, google-genai's share taken out", (peer - sdk) / max(mine - sdk, 1e-9))
+    per_token: dict[int, bench_tokens.TokenResult] = {}
+    for replicas in (1, 2):
+        tokens = bench_tokens.TokenParams(replicas=replicas)
+        per_token[replicas] = result = bench_tokens.run(tokens)
+        print(
+            f"server CPU per streamed token, {replicas} process(es) each: "
+            f"{tokens.conversations} conversations x {tokens.devices} devices (spread over the"
+            f" processes), replies of {tokens.tokens} and {4 * tokens.tokens} tokens,"
+            f" {tokens.chunk} token(s) per chunk at {tokens.tps:g} tokens/s"
+        )
+        for line in result.lines():
+            print(f"  {line}")
+        mine, peer, sdk = (result.marginal_us[t] for t in bench_tokens.TARGETS)
+        where = "1 process" if replicas == 1 else f"{replicas} replicas"
+        ratio(f"per extra token vs python-socketio, {where}", peer / mine)
+        ratio("  the same, google-genai's share taken out", (peer - sdk) / max(mine - sdk, 1e-9))
     if args.json:
         with open(args.json, "w") as out:
             everything = [*results.values(), *replicated.values()]
             json.dump(
-                {"fanout": [vars(r) for r in everything], "per_token": vars(per_token)},
+                {
+                    "fanout": [vars(r) for r in everything],
+                    "per_token": {n: vars(r) for n, r in per_token.items()},
+                },
                 out,
                 indent=2,
             )

@@ -16,6 +16,7 @@ request, routing, storage) and is what "per streamed token" means for a relay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import time
 from dataclasses import dataclass, replace
@@ -26,9 +27,9 @@ import websockets
 
 from load import chat
 from load.client import sim
-from load.peer_fanout import _cpu, _peers
+from load.peer_fanout import _cpu, _peers, _redis
 from load.runner import execute
-from load.spawn import spawned_server
+from load.spawn import spawned_deployment
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,12 @@ class TokenParams:
     tokens: int = 100  # per reply (and 4x that), one reply per conversation
     chunk: int = 1  # tokens per streamed chunk
     tps: float = 400.0
+    # > 1: each target runs this many processes sharing one Redis; a conversation's
+    # devices are spread over them, so every token crosses Redis to reach some device.
+    replicas: int = 1
 
 
+SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 TARGETS = ("this server", "python-socketio relay", "google-genai alone")
 
 
@@ -61,7 +66,7 @@ def _directive(p: TokenParams) -> str:
     return sim(ttft_ms=0, tps=p.tps, tokens=p.tokens, chunk=p.chunk)
 
 
-def _ours(p: TokenParams, ws_url: str, pid: int) -> tuple[float, int]:
+def _ours(p: TokenParams, ws_urls: list[str], pids: list[int]) -> tuple[float, int]:
     params = chat.Params(
         users=p.conversations,
         devices=p.devices,
@@ -72,16 +77,18 @@ def _ours(p: TokenParams, ws_url: str, pid: int) -> tuple[float, int]:
         tokens=p.tokens,
         chunk=p.chunk,
     )
-    report = execute("chat", [ws_url], params, pids=[pid])
+    report = execute("chat", ws_urls, params, pids=pids)
     if report.errors or report.counts.get("lost_turns") or report.counts.get("lost_reply_text"):
         raise RuntimeError(f"token run failed: {report.errors} {report.counts}")
     chunks = report.counts["deliveries"] // p.devices
     return report.server["cpu_s"], chunks
 
 
-async def _socketio_run(p: TokenParams, url: str, process: psutil.Process) -> tuple[float, int]:
-    async def device(room: str) -> websockets.ClientConnection:
-        ws = await websockets.connect(url, compression=None, max_queue=None)
+async def _socketio_run(
+    p: TokenParams, urls: list[str], processes: list[psutil.Process]
+) -> tuple[float, int]:
+    async def device(room: str, d: int) -> websockets.ClientConnection:
+        ws = await websockets.connect(urls[d % len(urls)], compression=None, max_queue=None)
         await ws.recv()  # engine.io open
         await ws.send("40")
         while not str(await ws.recv()).startswith("40"):
@@ -101,16 +108,16 @@ async def _socketio_run(p: TokenParams, url: str, process: psutil.Process) -> tu
                 return count
         return count
 
-    rooms = [[await device(f"c{c}") for _ in range(p.devices)] for c in range(p.conversations)]
+    rooms = [[await device(f"c{c}", d) for d in range(p.devices)] for c in range(p.conversations)]
     await asyncio.sleep(0.5)  # joins are fire-and-forget in socket.io
-    before = _cpu(process)
+    before = sum(_cpu(process) for process in processes)
     readers = [asyncio.create_task(receive(ws)) for room in rooms for ws in room]
     text = f"go {_directive(p)}"
     for c, room in enumerate(rooms):
         await room[0].send("42" + orjson.dumps(["chat", {"room": f"c{c}", "text": text}]).decode())
     async with asyncio.timeout(120):
         counts = await asyncio.gather(*readers)
-    cpu = _cpu(process) - before
+    cpu = sum(_cpu(process) for process in processes) - before
     for room in rooms:
         for ws in room:
             await ws.close()
@@ -145,14 +152,26 @@ def _own_cpu() -> float:
 
 def _measure(p: TokenParams) -> dict[str, float]:
     """CPU seconds each target spent on one round of ``p``'s replies."""
-    with spawned_server() as server:
+    with spawned_deployment(p.replicas) as servers:
         time.sleep(0.5)
-        ours_cpu, ours_chunks = _ours(p, server.ws_url, server.process.pid)
-        with _peers("load.peers.socketio_relay", 1, "--gemini", server.sim_url) as peers:
-            port, process = peers[0]
-            url = f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
-            sio_cpu, sio_chunks = asyncio.run(_socketio_run(p, url, process))
-        sdk_cpu, sdk_chunks = asyncio.run(_sdk_alone(p, server.sim_url))
+        ours_cpu, ours_chunks = _ours(
+            p, [s.ws_url for s in servers], [s.process.pid for s in servers]
+        )
+        sim_url = servers[0].sim_url
+        with contextlib.ExitStack() as stack:
+            extra: tuple[str, ...] = ()
+            if p.replicas > 1:
+                extra = ("--redis", stack.enter_context(_redis()).url)
+            peers = stack.enter_context(
+                _peers("load.peers.socketio_relay", p.replicas, "--gemini", sim_url, *extra)
+            )
+            urls = [
+                f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket" for port, _ in peers
+            ]
+            sio_cpu, sio_chunks = asyncio.run(
+                _socketio_run(p, urls, [process for _, process in peers])
+            )
+        sdk_cpu, sdk_chunks = asyncio.run(_sdk_alone(p, sim_url))
     expected = p.conversations * -(-p.tokens // p.chunk)
     if not ours_chunks == sio_chunks == sdk_chunks == expected:
         raise RuntimeError(f"chunks: {ours_chunks}, {sio_chunks}, {sdk_chunks} != {expected}")
