@@ -51,7 +51,7 @@ def main(argv: list[str]) -> int:
     print("ratios (this server / peer), same run:")
 
     def ratio(label: str, value: float) -> None:
-        print(f"  {label:40}{value:6.2f}x")
+        print(f"  {label:48}{value:6.2f}x")
 
     ratio("fan-out vs python-socketio, 1 process", ours.deliveries_per_s / sio.deliveries_per_s)
     ratio("fan-out vs python-socketio, 2 replicas", ours2.deliveries_per_s / sio2.deliveries_per_s)
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     )
     kib = ours.rss_per_connection_kib
     print(
-        f"  memory/conn vs python-socketio, ws:      {kib / sio.rss_per_connection_kib:6.2f}x,"
+        f"  {'memory/conn vs python-socketio, ws:':48}{kib / sio.rss_per_connection_kib:6.2f}x,"
         f" {kib / ws.rss_per_connection_kib:5.2f}x"
     )
     print(
@@ -73,7 +73,8 @@ def main(argv: list[str]) -> int:
         tokens = bench_tokens.TokenParams(replicas=replicas)
         per_token[replicas] = result = bench_tokens.run(tokens)
         print(
-            f"server CPU per streamed token, {replicas} process(es) each: "
+            f"server CPU per streamed token, {'one process' if replicas == 1 else 'two replicas'}"
+            " each: "
             f"{tokens.conversations} conversations x {tokens.devices} devices (spread over the"
             f" processes), replies of {tokens.tokens} and {4 * tokens.tokens} tokens,"
             f" {tokens.chunk} token(s) per chunk at {tokens.tps:g} tokens/s"
