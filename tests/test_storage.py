@@ -8,10 +8,18 @@ import uuid
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import event, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
 
 from chat_server.storage import migrate, queries
+from chat_server.storage.db import async_url, make_engine
 from chat_server.storage.models import EMBEDDING_DIM, Assistant, Message, Skill
 from chat_server.storage.users import UserIds
 
@@ -156,3 +164,39 @@ async def test_skills_are_searchable_by_cosine_distance(
             .limit(1)
         )
     assert nearest == "research"
+
+
+async def _backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as c:
+        return int(await c.scalar(text("select pg_backend_pid()")))
+
+
+async def _terminate(database_url: str, pid: int) -> None:
+    killer = create_async_engine(async_url(database_url), poolclass=NullPool)
+    async with killer.connect() as c:
+        assert await c.scalar(text("select pg_terminate_backend(:pid)"), {"pid": pid})
+    await killer.dispose()
+    await asyncio.sleep(0.1)
+
+
+@pytest.mark.asyncio
+async def test_a_connection_dropped_while_idle_is_replaced_before_use(database_url: str) -> None:
+    engine = make_engine(database_url, ping_idle_s=0.0)  # every reuse counts as idle
+    first = await _backend_pid(engine)
+    await _terminate(database_url, first)
+    second = await _backend_pid(engine)  # no error: the check found it gone
+    assert second != first
+    await engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_a_connection_dropped_right_after_use_fails_once_then_is_replaced(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url, ping_idle_s=3600.0)  # reused unchecked
+    first = await _backend_pid(engine)
+    await _terminate(database_url, first)
+    with pytest.raises(DBAPIError):
+        await _backend_pid(engine)
+    assert await _backend_pid(engine) != first
+    await engine.dispose()
