@@ -71,15 +71,23 @@ class Refused(Exception):
         self.code = code
 
 
+async def hello(
+    client: ProtocolClient, user: str, options: SessionOptions | None = None
+) -> Welcome:
+    """Say hello on an open connection; ``Refused`` (and closed) unless welcomed."""
+    welcome = await client.say_hello(user, options)
+    if not isinstance(welcome, Welcome):
+        await client.close()
+        raise Refused(welcome.code if isinstance(welcome, Error) else type(welcome).__name__)
+    return welcome
+
+
 async def open_session(
     url: str, user: str, options: SessionOptions | None = None, **kwargs: Any
 ) -> ProtocolClient:
     """Connect and say hello; ``Refused`` unless the server welcomes the device."""
     client = await ProtocolClient.connect(url, **kwargs)
-    welcome = await client.say_hello(user, options)
-    if not isinstance(welcome, Welcome):
-        await client.close()
-        raise Refused(welcome.code if isinstance(welcome, Error) else type(welcome).__name__)
+    await hello(client, user, options)
     return client
 
 

@@ -20,9 +20,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient, Refused, failure, join
+from load.client import ProtocolClient, failure, hello, join
 from load.runner import Shard, server_rss
-from protocol.messages import Error, Join, Ping, Welcome
+from protocol.messages import Join, Ping
 
 _SETTLE_S = 1.0  # lets the server finish allocating before RSS is read
 
@@ -48,20 +48,10 @@ STAGES = (
 TOTAL = "server RSS per idle connection (KiB)"
 
 
-async def _hello(client: ProtocolClient, user: str) -> ProtocolClient:
+async def _or_close(client: ProtocolClient, step: Awaitable[object]) -> ProtocolClient:
+    """Run one stage's step on ``client``; a client whose step failed is closed."""
     try:
-        welcome = await client.say_hello(user)
-        if not isinstance(welcome, Welcome):
-            raise Refused(welcome.code if isinstance(welcome, Error) else type(welcome).__name__)
-    except BaseException:
-        await client.close()
-        raise
-    return client
-
-
-async def _join(client: ProtocolClient) -> ProtocolClient:
-    try:
-        await join(client, Join(create={}))  # type: ignore[arg-type]
+        await step
     except BaseException:
         await client.close()
         raise
@@ -106,9 +96,10 @@ async def run(ctx: Shard) -> None:
                     steps = [ProtocolClient.connect(ctx.urls[i % len(ctx.urls)]) for i in mine]
                 elif stage == "hello":
                     user = f"load-idle-{ctx.setup['run']}-{ctx.shard}"
-                    steps = [_hello(c, f"{user}-{k}") for k, c in enumerate(clients)]
+                    steps = [_or_close(c, hello(c, f"{user}-{k}")) for k, c in enumerate(clients)]
                 else:
-                    steps = [_join(c) for c in clients]
+                    create = Join(create={})  # type: ignore[arg-type]
+                    steps = [_or_close(c, join(c, create)) for c in clients]
                 clients = await _stage(ctx, steps)
                 await ctx.together()
                 if ctx.shard == 0 and ctx.pids:
