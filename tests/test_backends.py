@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -53,7 +53,11 @@ async def make_bus(
             await client.aclose()
 
 
-async def received(box: list[bytes], count: int) -> list[bytes]:
+T = TypeVar("T")
+
+
+async def received(box: list[T], count: int) -> list[T]:
+    """``box`` once it holds ``count`` items (filled by a callback), within 5 s."""
     async with asyncio.timeout(5):
         while len(box) < count:  # noqa: ASYNC110 - handlers are plain callbacks
             await asyncio.sleep(0.005)
@@ -189,10 +193,7 @@ class Announced:
         self.frames.append(frame)
 
     async def count(self, n: int) -> list[Presence]:
-        async with asyncio.timeout(5):
-            while len(self.frames) < n:  # noqa: ASYNC110 - publish is a plain callback
-                await asyncio.sleep(0.005)
-        return self.frames
+        return await received(self.frames, n)
 
 
 async def test_a_join_storm_is_announced_once_or_twice_not_per_device() -> None:
