@@ -1,22 +1,40 @@
-# Two entry points: `make run` and `make test`. Both create or reuse .venv.
+# Two entry points: `make run` and `make test`. Both create or reuse .venv and install
+# exactly what uv.lock pins (with hashes): `run` the server and the embedded Postgres,
+# `test` adds the dev tools. Only Python 3.11+ is needed on the machine; uv itself is
+# installed into .venv/uv at a pinned version.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.9
+UV := $(VENV)/uv/bin/uv
+# uv syncs into .venv; its cache stays in the user's cache folder (reused across clones).
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+SYNC := $(UV) sync --frozen --quiet --extra embedded
 
-.PHONY: run test lint bench bench-codec bench-routing schema clean
+.PHONY: run test lint lock bench bench-codec bench-routing schema clean
 
-$(STAMP): pyproject.toml
+$(UV):
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PY=python3.11)")'
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	@echo "creating .venv with uv $(UV_VERSION)"
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip --isolated --disable-pip-version-check install -q \
+		--target $(VENV)/uv uv==$(UV_VERSION)
 
-run: $(STAMP)
-	$(BIN)/python -m chat_server
+# --inexact: a `make run` after `make test` keeps the dev tools instead of removing them.
+$(VENV)/.run-installed: uv.lock $(UV)
+	@echo "installing the server's locked dependencies into .venv"
+	@$(SYNC) --inexact --no-dev
+	@touch $@
 
-lint: $(STAMP)
+$(VENV)/.test-installed: uv.lock $(UV)
+	@echo "installing the locked dependencies and dev tools into .venv"
+	@$(SYNC) --group dev
+	@touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	@$(BIN)/python -m chat_server
+
+lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -24,17 +42,21 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Re-resolve every dependency on purpose (then review the diff of uv.lock and commit it).
+lock: $(UV)
+	$(UV) lock --upgrade
+
 # Regenerate protocol/schema.json after changing protocol/messages.py.
-schema: $(STAMP)
+schema: $(VENV)/.test-installed
 	$(BIN)/python -m protocol.schema --write
 
-bench: $(STAMP)
+bench: $(VENV)/.test-installed
 	$(BIN)/python -m load.bench
 
-bench-codec: $(STAMP)
+bench-codec: $(VENV)/.test-installed
 	$(BIN)/python -m load.bench_codec
 
-bench-routing: $(STAMP)
+bench-routing: $(VENV)/.test-installed
 	$(BIN)/python -m load.bench_routing
 
 clean:

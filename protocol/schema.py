@@ -6,6 +6,7 @@ when the checked-in file is stale.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,27 @@ from protocol.messages import PROTOCOL_VERSION, ClientMessage, ServerMessage
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """Docstrings with their indentation removed, whatever msgspec does with them.
+
+    msgspec 0.23 strips the indentation of a docstring's later lines; older versions
+    kept it. The checked-in schema must not depend on which one rendered it.
+    """
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v)
+            if k == "description" and isinstance(v, str)
+            else _clean_descriptions(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in node]
+    return node
+
+
 def build() -> dict[str, Any]:
     (client, server), defs = msgspec.json.schema_components([ClientMessage, ServerMessage])
+    defs = _clean_descriptions(defs)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"Chat protocol v{PROTOCOL_VERSION}",

@@ -148,3 +148,10 @@ def test_checked_in_schema_matches_the_types() -> None:
     assert schema.SCHEMA_PATH.read_bytes() == schema.render(), (
         "protocol/schema.json is stale: run `make schema`"
     )
+
+
+def test_schema_descriptions_do_not_depend_on_docstring_indentation() -> None:
+    # msgspec 0.23 strips a docstring's indentation, older versions kept it.
+    kept = {"A": {"description": "First line.\n    second line.", "x": [{"description": " y"}]}}
+    stripped = {"A": {"description": "First line.\nsecond line.", "x": [{"description": "y"}]}}
+    assert schema._clean_descriptions(kept) == schema._clean_descriptions(stripped) == stripped
