@@ -84,7 +84,10 @@ async def test_a_device_on_b_sees_the_reply_generated_on_a_token_by_token(
     replicas: Callable[..., list[Replica]],
 ) -> None:
     user, sender, watcher, cid = await two_devices(*replicas(2))
-    await sender.send(Send(id="1", conversation_id=cid, text="hello " + directive(tokens=30)))
+    # Paced at 100 tokens/s after 300 ms: a fresh replica's first model call (SDK and
+    # connection setup) must not find the whole reply already buffered in its socket.
+    paced = directive(tokens=30, ttft_ms=300, tps=100)
+    await sender.send(Send(id="1", conversation_id=cid, text="hello " + paced))
     await sender.expect(Ack)
     end_a, frames_a = await sender.until(TurnEnd)
     end_b, frames_b = await watcher.until(TurnEnd)
