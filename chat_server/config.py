@@ -7,14 +7,35 @@ the same variables. Tests build ``Settings`` directly instead of patching global
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
-    """A variable is set to something the server cannot use; the message names it."""
+    """Settings the server cannot use: one line per problem, each naming its variable,
+    the value given (secrets masked) and what is allowed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+EMBEDDERS = ("hashing", "gemini")
+_URL_USERINFO = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
+
+
+def mask_url(url: str) -> str:
+    """A URL fit for a message: its password replaced by ``***``."""
+    return _URL_USERINFO.sub(r"\1:***@", url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +60,7 @@ class Settings:
     data_dir: Path = Path(".data")  # DATA_DIR
     # REDIS_URL: redis:// URL shared by replicas; unset → single node, in-memory bus.
     redis_url: Secret | None = None
+    startup_wait_s: float = 10.0  # STARTUP_WAIT_S: how long a start waits for Postgres, Redis
     lease_ms: int = 5000  # LEASE_MS: a generation whose replica stops renewing this long ends
     drain_timeout_s: float = 60.0  # DRAIN_TIMEOUT_S: SIGTERM waits this long for replies
     # GEMINI_API_KEY: unset → replies come from the built-in Gemini simulator.
@@ -64,72 +86,143 @@ class Settings:
     hello_timeout_s: float = 10.0  # HELLO_TIMEOUT_S: time for the first frame (4002)
     replay_limit: int = 1000  # REPLAY_LIMIT: most events replayed on join (else recovered:false)
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    log_level: str = "info"  # LOG_LEVEL
+    log_level: str = "info"  # LOG_LEVEL: debug | info | warning | error
+    log_format: str = "text"  # LOG_FORMAT: text (one line per event, key=value) | json
     # SIM_TTFT_MS / SIM_TOKENS_PER_S: the built-in simulator's pace.
     sim_ttft_ms: int = 300
     sim_tokens_per_s: float = 40.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+        """Read and check every variable; a ``ConfigError`` lists all problems at once."""
+        r = _Reader(os.environ if env is None else env)
         d = cls()
-
-        def secret(name: str) -> Secret | None:
-            value = env.get(name, "").strip()
-            return Secret(value) if value else None
-
-        def num(name: str, default: float, kind: type = int, minimum: float = 1) -> float:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{name}={raw!r} is not a number") from None
-            if value < minimum:
-                raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
-            return float(value) if kind is float else int(value)
-
-        embedder = env.get("EMBEDDER") or ("gemini" if secret("GEMINI_API_KEY") else "hashing")
-        if embedder not in ("hashing", "gemini"):
-            raise ConfigError(f"EMBEDDER must be hashing or gemini, got {embedder!r}")
-        jwt_secret = secret("JWT_SECRET")
+        gemini_api_key = r.secret("GEMINI_API_KEY")
+        embedder = r.choice("EMBEDDER", "gemini" if gemini_api_key else "hashing", EMBEDDERS)
+        jwt_secret = r.secret("JWT_SECRET")
         if jwt_secret is not None and len(jwt_secret.value.encode()) < 32:
-            raise ConfigError("JWT_SECRET must be at least 32 bytes (RFC 7518 section 3.2)")
-        return cls(
-            host=env.get("HOST", d.host),
-            port=int(num("PORT", d.port, minimum=0)),
-            database_url=secret("DATABASE_URL"),
-            data_dir=Path(env.get("DATA_DIR", str(d.data_dir))),
-            redis_url=secret("REDIS_URL"),
-            lease_ms=int(num("LEASE_MS", d.lease_ms, minimum=100)),
-            drain_timeout_s=num("DRAIN_TIMEOUT_S", d.drain_timeout_s, float, minimum=0),
-            gemini_api_key=secret("GEMINI_API_KEY"),
-            gemini_base_url=env.get("GEMINI_BASE_URL") or None,
-            gemini_model=env.get("GEMINI_MODEL", d.gemini_model),
-            gemini_attempts=int(num("GEMINI_ATTEMPTS", d.gemini_attempts)),
-            llm_stall_s=num("LLM_STALL_S", d.llm_stall_s, float),
-            max_output_tokens=int(num("MAX_OUTPUT_TOKENS", d.max_output_tokens)),
-            history_messages=int(num("HISTORY_MESSAGES", d.history_messages)),
-            history_tokens=int(num("HISTORY_TOKENS", d.history_tokens)),
+            r.problem("JWT_SECRET", "********", "must be at least 32 bytes (RFC 7518 section 3.2)")
+        settings = cls(
+            host=r.text("HOST", d.host),
+            port=r.number("PORT", d.port, int, 0, 65535),
+            database_url=r.url("DATABASE_URL", ("postgresql", "postgres", "postgresql+asyncpg")),
+            data_dir=Path(r.text("DATA_DIR", str(d.data_dir))),
+            redis_url=r.url("REDIS_URL", ("redis", "rediss", "unix")),
+            startup_wait_s=r.number("STARTUP_WAIT_S", d.startup_wait_s, float, 0),
+            lease_ms=r.number("LEASE_MS", d.lease_ms, int, 100),
+            drain_timeout_s=r.number("DRAIN_TIMEOUT_S", d.drain_timeout_s, float, 0),
+            gemini_api_key=gemini_api_key,
+            gemini_base_url=_unmasked(r.url("GEMINI_BASE_URL", ("http", "https"), secret=False)),
+            gemini_model=r.text("GEMINI_MODEL", d.gemini_model),
+            gemini_attempts=r.number("GEMINI_ATTEMPTS", d.gemini_attempts, int, 1, 10),
+            llm_stall_s=r.number("LLM_STALL_S", d.llm_stall_s, float, 0.1),
+            max_output_tokens=r.number("MAX_OUTPUT_TOKENS", d.max_output_tokens, int, 1),
+            history_messages=r.number("HISTORY_MESSAGES", d.history_messages, int, 1),
+            history_tokens=r.number("HISTORY_TOKENS", d.history_tokens, int, 1),
             embedder=embedder,
-            gemini_embed_model=env.get("GEMINI_EMBED_MODEL", d.gemini_embed_model),
+            gemini_embed_model=r.text("GEMINI_EMBED_MODEL", d.gemini_embed_model),
             jwt_secret=jwt_secret,
-            allowed_origins=tuple(
-                o.strip() for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip()
-            ),
-            max_frame_bytes=int(num("MAX_FRAME_BYTES", d.max_frame_bytes)),
-            max_text_chars=int(num("MAX_TEXT_CHARS", d.max_text_chars)),
-            outbox_frames=int(num("OUTBOX_FRAMES", d.outbox_frames)),
-            heartbeat_ms=int(num("HEARTBEAT_MS", d.heartbeat_ms)),
-            hello_timeout_s=num("HELLO_TIMEOUT_S", d.hello_timeout_s, float),
-            replay_limit=int(num("REPLAY_LIMIT", d.replay_limit)),
-            node_id=env.get("NODE_ID") or d.node_id,
-            log_level=env.get("LOG_LEVEL", d.log_level).lower(),
-            sim_ttft_ms=int(num("SIM_TTFT_MS", d.sim_ttft_ms, minimum=0)),
-            sim_tokens_per_s=num("SIM_TOKENS_PER_S", d.sim_tokens_per_s, float),
+            allowed_origins=r.origins("ALLOWED_ORIGINS"),
+            max_frame_bytes=r.number("MAX_FRAME_BYTES", d.max_frame_bytes, int, 1024),
+            max_text_chars=r.number("MAX_TEXT_CHARS", d.max_text_chars, int, 1),
+            outbox_frames=r.number("OUTBOX_FRAMES", d.outbox_frames, int, 1),
+            heartbeat_ms=r.number("HEARTBEAT_MS", d.heartbeat_ms, int, 100),
+            hello_timeout_s=r.number("HELLO_TIMEOUT_S", d.hello_timeout_s, float, 0.1),
+            replay_limit=r.number("REPLAY_LIMIT", d.replay_limit, int, 1),
+            node_id=r.text("NODE_ID", d.node_id),
+            log_level=r.choice("LOG_LEVEL", d.log_level, LOG_LEVELS),
+            log_format=r.choice("LOG_FORMAT", d.log_format, LOG_FORMATS),
+            sim_ttft_ms=r.number("SIM_TTFT_MS", d.sim_ttft_ms, int, 0),
+            sim_tokens_per_s=r.number("SIM_TOKENS_PER_S", d.sim_tokens_per_s, float, 0.1),
         )
+        if r.problems:
+            raise ConfigError(r.problems)
+        return settings
 
     @property
     def uses_simulator(self) -> bool:
         return self.gemini_api_key is None
+
+
+def _unmasked(secret: Secret | None) -> str | None:
+    return secret.value if secret is not None else None
+
+
+class _Reader:
+    """Reads variables, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.problems: list[str] = []
+
+    def problem(self, name: str, shown: str, allowed: str) -> None:
+        self.problems.append(f"{name}={shown!r}: {allowed}")
+
+    def _raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        return value.strip() if value is not None and value.strip() else None
+
+    def text(self, name: str, default: str) -> str:
+        return self._raw(name) or default
+
+    def secret(self, name: str) -> Secret | None:
+        value = self._raw(name)
+        return Secret(value) if value else None
+
+    def number(
+        self, name: str, default: N, kind: type[N], low: float, high: float | None = None
+    ) -> N:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        allowed = f"must be {'an integer' if kind is int else 'a number'} " + (
+            f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
+        )
+        try:
+            value = kind(raw)
+        except ValueError:
+            self.problem(name, raw, allowed)
+            return default
+        if value < low or (high is not None and value > high) or value != value:  # NaN
+            self.problem(name, raw, allowed)
+            return default
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if raw.lower() not in allowed:
+            self.problem(name, raw, "must be one of " + ", ".join(allowed))
+            return default
+        return raw.lower()
+
+    def url(self, name: str, schemes: tuple[str, ...], *, secret: bool = True) -> Secret | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        shown = mask_url(raw) if secret else raw
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018  (raises ValueError for a port out of range)
+        except ValueError as exc:
+            self.problem(name, shown, f"is not a valid URL ({exc})")
+            return None
+        wanted = " or ".join(f"{s}://" for s in schemes)
+        if parts.scheme not in schemes:
+            self.problem(name, shown, f"must be a {wanted} URL")
+            return None
+        if parts.scheme != "unix" and not parts.hostname and "host=" not in parts.query:
+            self.problem(name, shown, f"must be a {wanted} URL with a host")
+            return None
+        return Secret(raw)
+
+    def origins(self, name: str) -> tuple[str, ...]:
+        raw = self._raw(name) or ""
+        origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+        for origin in origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                self.problem(name, raw, "must be a comma list of origins like https://app.example")
+                break
+        return origins

@@ -7,29 +7,48 @@ reuses it and its data; ``stop`` exists for tests.
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 from typing import Any
+
+UNAVAILABLE = (
+    "the embedded Postgres (pgserver) is not installed; it ships for Linux x86_64 and "
+    "CPython 3.11-3.12 only: set DATABASE_URL to a Postgres with pgvector"
+)
+
+
+class Unavailable(RuntimeError):
+    """The embedded Postgres cannot run here (not installed, or it failed to start)."""
+
+
+def available() -> bool:
+    return importlib.util.find_spec("pgserver") is not None
 
 
 def start(datadir: Path, *, keep_running: bool = True) -> tuple[str, Any]:
     """Start (or reuse) Postgres in ``datadir``; return its URL and the server handle."""
     import os
 
-    # platformdirs (used by pgserver) warns when XDG_RUNTIME_DIR is unset, as in CI.
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    # platformdirs (used by pgserver) warns when XDG_RUNTIME_DIR is unset (as in CI) or
+    # is not private (mode 0700), as /tmp is not.
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        runtime = Path(tempfile.gettempdir(), f"chat-server-runtime-{os.getuid()}")
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     try:
         import pgserver  # heavy import; only the embedded path pays it
     except ImportError:
-        raise SystemExit(
-            "DATABASE_URL is not set and the embedded Postgres is not installed: "
-            "set DATABASE_URL or `pip install 'chat-server[embedded]'`"
-        ) from None
+        raise Unavailable(UNAVAILABLE) from None
 
-    datadir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(  # type: ignore[attr-defined]
-        datadir, cleanup_mode=None if keep_running else "stop"
-    )
+    try:
+        datadir.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(  # type: ignore[attr-defined]
+            datadir, cleanup_mode=None if keep_running else "stop"
+        )
+    except Exception as exc:  # initdb/pg_ctl failures, a data folder we cannot write
+        detail = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+        raise Unavailable(f"the embedded Postgres in {datadir} did not start: {detail[0]}") from exc
     return str(server.get_uri()), server
 
 
