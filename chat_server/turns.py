@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,10 +115,35 @@ class ActiveTurn:
     pending: str = ""  # generated, not yet shared and published
     published: int = 0  # characters shared and published so far
     flusher: asyncio.Task[None] | None = field(default=None, repr=False)
+    started_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
 
     @property
     def turn_id(self) -> uuid.UUID:
         return self.start.turn_id
+
+
+def _log_turn(
+    turn: ActiveTurn, finish: FinishReason, usage: Usage, error: ErrorInfo | None
+) -> None:
+    """The one line per turn an operator reads: what it did, never what it said."""
+    now = time.monotonic()
+    ttft = turn.first_token_at - turn.started_at if turn.first_token_at is not None else None
+    fields = {
+        "conversation": turn.conversation_id,
+        "turn": turn.turn_id,
+        "assistant": turn.start.assistant.id,
+        "route": turn.start.route.reason,
+        "model": turn.start.model,
+        "ttft_ms": round(ttft * 1000) if ttft is not None else None,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "chars": len(turn.text),
+        "duration_ms": round((now - turn.started_at) * 1000),
+        "finish": finish.value,
+        "error": error.code if error is not None else None,
+    }
+    log.info("turn", extra={"fields": fields})
 
 
 class Turns:
@@ -427,6 +453,7 @@ class Turns:
             await self._finish(turn, finish, usage, error)
         finally:
             self._active.pop(turn.turn_id, None)
+            _log_turn(turn, finish, usage, error)
         if shutting_down:
             raise asyncio.CancelledError
 
@@ -463,6 +490,8 @@ class Turns:
                 if chunk.output_tokens is not None:
                     usage.output_tokens = chunk.output_tokens
                 if chunk.text:
+                    if turn.first_token_at is None:
+                        turn.first_token_at = time.monotonic()
                     turn.text += chunk.text
                     turn.pending += chunk.text
                     if turn.flusher is None or turn.flusher.done():
