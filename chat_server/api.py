@@ -212,17 +212,42 @@ def _uuid(value: str, what: str) -> uuid.UUID:
         raise _not_found(what) from None  # not an id at all: no such row either
 
 
-def _query_int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, "validation_error", f"{name} must be an integer", name) from None
-    if not low <= value <= high:
-        raise ApiError(422, "validation_error", f"{name} must be in {low}..{high}", name)
-    return value
+@dataclass(frozen=True)
+class Query:
+    """A query parameter: the handler reads it and the OpenAPI document describes it
+    from this one definition."""
+
+    name: str
+    description: str
+    low: int | None = None  # an integer in low..high; None: an opaque string
+    high: int | None = None
+    default: int | None = None
+
+    def schema(self) -> dict[str, Any]:
+        if self.low is None:
+            return {"type": "string"}
+        schema = {"type": "integer", "minimum": self.low, "maximum": self.high}
+        return schema | ({"default": self.default} if self.default is not None else {})
+
+    def integer(self, request: Request) -> int | None:
+        raw = request.query_params.get(self.name)
+        if raw is None:
+            return self.default
+        low, high = self.low or 0, self.high or 0
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            message = f"{self.name} must be an integer in {low}..{high}"
+            raise ApiError(422, "validation_error", message, self.name)
+        return value
+
+
+CONVERSATIONS_LIMIT = Query("limit", "page size", 1, 100, 20)
+CURSOR = Query("cursor", "next_cursor of the previous page")
+MESSAGES_LIMIT = Query("limit", "page size", 1, 200, 50)
+BEFORE_SEQ = Query("before_seq", "only messages before this seq (older pages)", 1, 2**62)
 
 
 @dataclass(frozen=True)
@@ -444,9 +469,9 @@ def _parse_cursor(value: str) -> tuple[datetime, uuid.UUID]:
 
 
 async def list_conversations(c: Caller) -> Response:
-    limit = _query_int(c.request, "limit", 20, 1, 100)
+    limit = CONVERSATIONS_LIMIT.integer(c.request)
     assert limit is not None
-    raw_cursor = c.request.query_params.get("cursor")
+    raw_cursor = c.request.query_params.get(CURSOR.name)
     before = _parse_cursor(raw_cursor) if raw_cursor else None
     async with c.db() as s:
         rows = await queries.list_conversations(s, c.user_id, limit=limit + 1, before=before)
@@ -485,8 +510,8 @@ async def delete_conversation(c: Caller) -> Response:
 
 
 async def list_messages(c: Caller) -> Response:
-    limit = _query_int(c.request, "limit", 50, 1, 200)
-    before_seq = _query_int(c.request, "before_seq", None, 1, 2**62)
+    limit = MESSAGES_LIMIT.integer(c.request)
+    before_seq = BEFORE_SEQ.integer(c.request)
     assert limit is not None
     async with c.db() as s:
         conversation = await _own_conversation(s, c)
@@ -616,6 +641,9 @@ class Endpoint:
     body: type | None = None
     response: Any = None  # a type, list[type], or None for 204
     status: int = 200
+    query: tuple[Query, ...] = ()
+    # 404 for ids in the body too (not only in the path): an assistant, conversation...
+    body_ids: bool = False
 
 
 ENDPOINTS = [
@@ -683,6 +711,7 @@ ENDPOINTS = [
         "List my conversations (newest first; ?limit, ?cursor)",
         None,
         ConversationPage,
+        query=(CONVERSATIONS_LIMIT, CURSOR),
     ),
     Endpoint(
         "POST",
@@ -692,6 +721,7 @@ ENDPOINTS = [
         ConversationIn,
         ConversationOut,
         201,
+        body_ids=True,
     ),
     Endpoint(
         "GET",
@@ -717,6 +747,7 @@ ENDPOINTS = [
         "A page of history (?before_seq, ?limit)",
         None,
         MessagePage,
+        query=(BEFORE_SEQ, MESSAGES_LIMIT),
     ),
     Endpoint(
         "POST",
@@ -725,6 +756,7 @@ ENDPOINTS = [
         "Dry run: which assistant and model would answer, and why",
         RouteIn,
         RouteOut,
+        body_ids=True,
     ),
     Endpoint(
         "POST",
@@ -734,6 +766,7 @@ ENDPOINTS = [
         FeedbackIn,
         FeedbackOut,
         201,
+        body_ids=True,
     ),
 ]
 
@@ -777,6 +810,20 @@ def openapi() -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": schema_of[repr(ErrorOut)]}}}
     paths: dict[str, dict[str, Any]] = {}
     for e in ENDPOINTS:
+        path_ids = re.findall(r"{(\w+)}", e.path)
+        responses: dict[str, Any] = {
+            "401": {"description": "missing or invalid bearer token", **error}
+        }
+        if e.body is not None:
+            responses["400"] = {"description": "the body is not JSON", **error}
+        if path_ids or e.body_ids:
+            responses["404"] = {"description": "unknown id, or another user's", **error}
+        if e.body is not None or e.query:
+            invalid = "invalid body or query" if e.body and e.query else "invalid body"
+            responses["422"] = {
+                "description": invalid if e.body else "invalid query parameter",
+                **error,
+            }
         operation: dict[str, Any] = {
             "summary": e.summary,
             "operationId": e.handler.__name__,
@@ -785,21 +832,22 @@ def openapi() -> dict[str, Any]:
                     "name": p,
                     "in": "path",
                     "required": True,
-                    "schema": {"type": "string", "format": "uuid"},
+                    "schema": {"type": "string"},
+                    "description": "an id (uuid); anything else is 404",
                 }
-                for p in re.findall(r"{(\w+)}", e.path)
+                for p in path_ids
+            ]
+            + [
+                {"name": q.name, "in": "query", "description": q.description, "schema": q.schema()}
+                for q in e.query
             ],
-            "responses": {
-                "401": {"description": "missing or invalid bearer token", **error},
-                "404": {"description": "unknown id, or another user's", **error},
-            },
+            "responses": responses,
         }
         if e.body is not None:
             operation["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": schema_of[repr(e.body)]}},
             }
-            operation["responses"]["422"] = {"description": "invalid body", **error}
         ok: dict[str, Any] = {"description": "OK"}
         if e.response is not None:
             ok["content"] = {"application/json": {"schema": schema_of[repr(e.response)]}}

@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from chat_server import api, http
@@ -48,20 +50,51 @@ def simulator_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}{SIMULATOR_PATH}"
 
 
+class RedisUnreachable(Exception):
+    """Redis did not answer within the wait; the message names the host and error."""
+
+
+def _redis_client(url: str) -> Any:
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(url, health_check_interval=5, socket_connect_timeout=2)
+
+
+async def wait_for_redis(url: str, timeout_s: float) -> None:
+    """PING Redis, retrying for up to ``timeout_s``; raise ``RedisUnreachable`` naming it."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    client = _redis_client(url)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(max(0.5, min(3.0, timeout_s))):
+                    await client.ping()
+                return
+            except Exception as exc:  # refused, DNS, auth, a non-Redis server
+                if asyncio.get_running_loop().time() >= deadline:
+                    reason = str(exc).strip() or type(exc).__name__
+                    raise RedisUnreachable(
+                        f"cannot reach Redis at {where} within {timeout_s:g} s: {reason}"
+                    ) from None
+                await asyncio.sleep(0.5)
+    finally:
+        await client.aclose()
+
+
 @contextlib.asynccontextmanager
 async def _backends(settings: Settings) -> AsyncIterator[tuple[Bus, Inflight, PresenceStore]]:
     if settings.redis_url is None:
         yield MemoryBus(), MemoryInflight(), MemoryPresence()
         return
-    import redis.asyncio as aioredis
-
     from chat_server.bus.redis import RedisBus
     from chat_server.inflight.redis import RedisInflight
     from chat_server.presence.redis import RedisPresence
 
-    client: Any = aioredis.Redis.from_url(
-        settings.redis_url.value, health_check_interval=5, socket_connect_timeout=2
-    )
+    client = _redis_client(settings.redis_url.value)
     try:
         yield (
             RedisBus(client),
@@ -164,6 +197,7 @@ def create_app(settings: Settings) -> Starlette:
                 await engine.dispose()
 
     routes: list[Route | WebSocketRoute | Mount] = [
+        Route("/", http.index),
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/health", http.health),
         Route("/ready", http.ready),
@@ -173,4 +207,16 @@ def create_app(settings: Settings) -> Starlette:
     if mount_simulator:
         sim = SimConfig(ttft_s=settings.sim_ttft_ms / 1000, tokens_per_s=settings.sim_tokens_per_s)
         routes.append(Mount(SIMULATOR_PATH, app=create_simulator(sim)))
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = []
+    if settings.allowed_origins:
+        # Browser apps on these origins may call the REST API (bearer tokens, no cookies).
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.allowed_origins),
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
+        )
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import jwt
@@ -258,6 +261,18 @@ def test_route_dry_run_explains_itself(http: httpx.Client) -> None:
     assert error(http.post("/route", json={"text": "x", "assistant_id": str(uuid.uuid4())}), 404)
 
 
+def test_a_turn_with_nothing_to_embed_scores_zero_not_nan(http: httpx.Client) -> None:
+    # Symbols and emoji embed to a zero vector, whose cosine distance is NaN in Postgres.
+    aid = http.post("/assistants", json={"name": "Scheduler"}).json()["id"]
+    http.post(f"/assistants/{aid}/skills", json={"name": "calendar", "description": "meetings"})
+    http.post(f"/assistants/{aid}/skills", json={"name": "symbols", "description": "!!!"})
+    routed = http.post("/route", json={"text": "🙂 !!"})
+    assert routed.status_code == 200, routed.text
+    body = routed.json()
+    assert body["reason"] in ("default", "fallback")
+    assert [c["score"] for c in body["candidates"]] == [0.0, 0.0]
+
+
 def test_feedback_rejects_unknown_or_foreign_ids(http: httpx.Client, other: httpx.Client) -> None:
     aid = http.post("/assistants", json={"name": "A"}).json()["id"]
     missing = {"message_id": str(uuid.uuid4()), "assistant_id": aid}
@@ -311,6 +326,86 @@ def test_openapi_documents_every_route(server: RunningServer) -> None:
     assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "AssistantIn"
     )
-    assert {"201", "401", "404", "422"} <= set(create["responses"])
+    # Every status an operation can answer, and none it cannot.
+    assert set(create["responses"]) == {"201", "400", "401", "422"}
+    get_one = doc["paths"]["/api/v1/assistants/{assistant_id}"]["get"]
+    assert set(get_one["responses"]) == {"200", "401", "404"}
+    page = doc["paths"]["/api/v1/conversations/{conversation_id}/messages"]["get"]
+    assert set(page["responses"]) == {"200", "401", "404", "422"}
+    assert {p["name"] for p in page["parameters"]} == {"conversation_id", "before_seq", "limit"}
+    feedback = doc["paths"]["/api/v1/feedback"]["post"]
+    assert set(feedback["responses"]) == {"201", "400", "401", "404", "422"}
     for ref in ("AssistantOut", "RouteOut", "ErrorOut", "MessageInfo"):
         assert ref in doc["components"]["schemas"]
+
+
+def test_schemathesis_finds_no_server_error_or_undocumented_answer(
+    start_server: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    """The document and the server cannot drift: schemathesis, as a user runs it (with a
+    JWT), checks every status, body and header against the document (bounded examples)."""
+    secret = "0123456789abcdef0123456789abcdef"
+    running = start_server(jwt_secret=Secret(secret))
+    token = jwt.encode({"sub": new_user(), "exp": time.time() + 600}, secret, algorithm="HS256")
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "--config-file",
+            str(Path(__file__).with_name("schemathesis.toml")),
+            "--no-color",
+            "run",
+            f"{running.http}/api/v1/openapi.json",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--max-examples",
+            "15",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "17/17" in result.stdout  # every operation was tested
+
+
+# ---------------------------------------------------------------- CORS
+
+
+def test_cors_preflight_succeeds_only_for_allowed_origins(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    running = start_server(allowed_origins=("https://app.example",))
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": ("authorization, content-type"),
+    }
+    with httpx.Client(base_url=f"{running.http}/api/v1") as client:
+        allowed = client.options(
+            "/assistants", headers={"Origin": "https://app.example", **preflight}
+        )
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert "POST" in allowed.headers["access-control-allow-methods"]
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        other = client.options(
+            "/assistants", headers={"Origin": "https://evil.example", **preflight}
+        )
+        assert other.status_code == 400
+        assert "access-control-allow-origin" not in other.headers
+        listed = client.get(
+            "/assistants",
+            headers={"Origin": "https://app.example", "Authorization": f"Bearer {new_user()}"},
+        )
+        assert listed.status_code == 200
+        assert listed.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_without_allowed_origins_no_origin_gets_cors(server: RunningServer) -> None:
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    response = httpx.options(f"{server.http}/api/v1/assistants", headers=preflight)
+    assert "access-control-allow-origin" not in response.headers
+    assert response.status_code >= 400

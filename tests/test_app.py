@@ -28,6 +28,16 @@ from tests.wsclient import Client, new_user
 pytestmark = pytest.mark.asyncio
 
 
+async def test_index_links_every_entry_point(server: RunningServer) -> None:
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        index = await http.get("/")
+    assert index.status_code == 200
+    assert index.headers["content-type"].startswith("text/html")
+    for link in ('href="/protocol.json"', 'href="/api/v1/openapi.json"', 'href="/health"'):
+        assert link in index.text
+    assert f"ws://127.0.0.1:{server.port}/ws" in index.text
+
+
 async def test_health_ready_and_protocol_spec(server: RunningServer) -> None:
     async with httpx.AsyncClient(base_url=server.http) as http:
         health = await http.get("/health")

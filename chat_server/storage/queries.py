@@ -6,6 +6,7 @@ reader sees where it starts and ends. Nothing here commits on its own.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -295,9 +296,17 @@ async def nearest_skills(
         .order_by(best.c.distance)
         .limit(limit)
     )
+    # A text with nothing to embed (symbols only) is a zero vector, and its cosine
+    # distance NaN (Postgres sorts it last): no similarity at all.
     return [
         SkillHit(
-            skill.id, skill.name, skill.assistant_id, name, 1.0 - float(d), skill.threshold, ex
+            skill.id,
+            skill.name,
+            skill.assistant_id,
+            name,
+            0.0 if math.isnan(d) else 1.0 - float(d),
+            skill.threshold,
+            ex,
         )
         for skill, name, d, ex in rows
     ]
