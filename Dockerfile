@@ -1,24 +1,22 @@
 # syntax=docker/dockerfile:1
-# Build wheels for the dependencies in one stage; the final image has no compilers,
-# runs as a non-root user, and runs the server from /app (migrations/ lives there too).
+# The locked runtime dependencies (uv.lock, no dev tools, no embedded Postgres) install
+# in a layer of their own before the source is copied, so a code edit rebuilds only the
+# last layers. The final image has no compilers and runs as a numeric non-root user.
 FROM python:3.11-slim AS build
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY protocol protocol
-COPY chat_server chat_server
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . && rm /wheels/chat_server-*.whl
+RUN pip install --no-cache-dir uv==0.13.9
+WORKDIR /app
+COPY pyproject.toml uv.lock ./
+RUN UV_PROJECT_ENVIRONMENT=/app/.venv uv sync --frozen --no-dev --no-cache
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 chat
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
+COPY --from=build /app/.venv /app/.venv
 WORKDIR /app
-COPY --chown=chat protocol protocol
-COPY --chown=chat chat_server chat_server
-COPY --chown=chat migrations migrations
-COPY --chown=chat alembic.ini .
-USER chat
-ENV HOST=0.0.0.0 PORT=8000 PYTHONUNBUFFERED=1 PYTHONPATH=/app
+COPY protocol protocol
+COPY chat_server chat_server
+COPY migrations migrations
+COPY alembic.ini .
+USER 10001:10001
+ENV HOST=0.0.0.0 PORT=8000 PYTHONUNBUFFERED=1 PYTHONPATH=/app PATH=/app/.venv/bin:$PATH
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=2)"

@@ -95,6 +95,27 @@ def test_dockerfile_runs_as_non_root_from_a_slim_image_without_build_tools() -> 
     dockerfile = (ROOT / "Dockerfile").read_text()
     final_stage = dockerfile.split("\nFROM ")[-1]
     assert final_stage.startswith("python:3.11-slim")
-    assert "\nUSER chat" in final_stage
+    assert re.search(r"\nUSER [1-9][0-9]*(:[1-9][0-9]*)?\n", final_stage), "a numeric non-root user"
     assert not re.search(r"apt-get install|gcc|build-essential", final_stage)
     assert "HEALTHCHECK" in final_stage
+
+
+def test_dockerfile_installs_the_locked_dependencies_before_the_source() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    sync = dockerfile.index("uv sync --frozen --no-dev")
+    assert dockerfile.index("COPY pyproject.toml uv.lock") < sync
+    assert sync < dockerfile.index("COPY chat_server")
+    assert "pip install" not in dockerfile.replace("pip install --no-cache-dir uv==", "")
+    makefile_uv = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert makefile_uv is not None
+    assert f"uv=={makefile_uv.group(1)}" in dockerfile, "one uv version for make and the image"
+
+
+def test_compose_builds_the_image_once() -> None:
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    builds = [name for name, service in services.items() if "build" in service]
+    assert builds == ["migrate"]
+    image = services["migrate"]["image"]
+    for name in (n for n in services if n.startswith("server-")):
+        assert services[name]["image"] == image
+        assert services[name]["pull_policy"] == "never"
