@@ -137,7 +137,6 @@ def _redis(settings: Settings) -> None:
 
 def _migrate(settings: Settings) -> None:
     from chat_server.storage import migrate
-
     from chat_server.storage.db import describe_host
 
     assert settings.database_url is not None
