@@ -31,13 +31,18 @@ from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
 from chat_server.turns import message_info
 from protocol.errors import Disconnect, ErrorReply
-from protocol.messages import MessageInfo
+from protocol.messages import MAX_SEQ, MessageInfo
 
 PREFIX = "/api/v1"
 T = TypeVar("T")
 R = TypeVar("R")
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\x00]*$")]
-Prose = Annotated[str, msgspec.Meta(max_length=20_000, pattern=r"^[^\x00]*$")]
+# Every string a client sends is free of NUL: Postgres rejects it in text (a 500 before).
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NO_NUL)]
+Prose = Annotated[str, msgspec.Meta(max_length=20_000, pattern=NO_NUL)]
+Description = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
+Title = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
+TurnText = Annotated[str, msgspec.Meta(min_length=1, max_length=16_000, pattern=NO_NUL)]
 Model = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[\w.\-/:]+$")]
 Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=200)]
@@ -76,15 +81,13 @@ class AssistantOut(msgspec.Struct, kw_only=True):
 
 class SkillIn(_In):
     name: Name
-    description: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    description: Description
     threshold: Threshold | None = None  # the embedder's default_threshold when omitted
 
 
 class SkillPatch(_In):
     name: Name | msgspec.UnsetType = msgspec.UNSET
-    description: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)] | msgspec.UnsetType = (
-        msgspec.UNSET
-    )
+    description: Description | msgspec.UnsetType = msgspec.UNSET
     threshold: Threshold | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -98,7 +101,7 @@ class SkillOut(msgspec.Struct, kw_only=True):
 
 
 class ConversationIn(_In):
-    title: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    title: Title | None = None
     assistant_id: uuid.UUID | None = None
 
 
@@ -122,7 +125,7 @@ class MessagePage(msgspec.Struct, kw_only=True):
 
 
 class RouteIn(_In):
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=16_000)]
+    text: TurnText
     conversation_id: uuid.UUID | None = None
     assistant_id: uuid.UUID | None = None
 
@@ -247,7 +250,7 @@ class Query:
 CONVERSATIONS_LIMIT = Query("limit", "page size", 1, 100, 20)
 CURSOR = Query("cursor", "next_cursor of the previous page")
 MESSAGES_LIMIT = Query("limit", "page size", 1, 200, 50)
-BEFORE_SEQ = Query("before_seq", "only messages before this seq (older pages)", 1, 2**62)
+BEFORE_SEQ = Query("before_seq", "only messages before this seq (older pages)", 1, MAX_SEQ)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,14 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class _ClientFaults(logging.Filter):
+    """Drop uvicorn's traceback for each invalid UTF-8 frame: the client gets 1007, and
+    anyone could otherwise flood the log with tracebacks, even before ``hello``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid UTF-8 sequence received from client")
+
+
 def _level(name: str) -> int:
     return logging.getLevelNamesMapping()[name.upper()]
 
@@ -79,3 +87,5 @@ def configure(level: str, fmt: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    if level != "debug":
+        logging.getLogger("uvicorn.error").addFilter(_ClientFaults())

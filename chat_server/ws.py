@@ -34,8 +34,11 @@ class _StarletteTransport:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     runtime: Runtime = websocket.app.state.runtime
     settings = runtime.settings
+    # Browsers always send Origin; native and mobile apps send none, and they are not
+    # what an origin check protects against (a page on another site using a browser's
+    # credentials), so a missing Origin passes; the token still decides.
     origin = websocket.headers.get("origin")
-    if settings.allowed_origins and origin not in settings.allowed_origins:
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
         # Closing before accept() answers the upgrade with HTTP 403.
         await websocket.close(CloseCode.POLICY_VIOLATION)
         return

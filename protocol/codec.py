@@ -17,6 +17,7 @@ from protocol.messages import ClientMessage, ServerMessage
 
 _client_decoder = msgspec.json.Decoder(ClientMessage)
 _server_decoder = msgspec.json.Decoder(ServerMessage)
+_TOO_DEEP = "frame is nested too deeply"
 CLIENT_TYPES = frozenset(t.__struct_config__.tag for t in get_args(ClientMessage))
 SERVER_TYPES = frozenset(t.__struct_config__.tag for t in get_args(ServerMessage))
 
@@ -30,6 +31,8 @@ def decode_client(data: str | bytes) -> ClientMessage:
         raise _explain(data, str(exc), CLIENT_TYPES) from None
     except msgspec.DecodeError as exc:
         raise ErrorReply(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec skips an unknown field's value recursively
+        raise ErrorReply(ErrorCode.BAD_FRAME, _TOO_DEEP) from None
 
 
 def decode_server(data: str | bytes) -> ServerMessage:
@@ -41,6 +44,8 @@ def decode_server(data: str | bytes) -> ServerMessage:
         raise _explain(data, str(exc), SERVER_TYPES) from None
     except msgspec.DecodeError as exc:
         raise ErrorReply(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ErrorReply(ErrorCode.BAD_FRAME, _TOO_DEEP) from None
 
 
 def encode(message: ServerMessage | ClientMessage) -> bytes:
@@ -53,7 +58,7 @@ def _explain(data: str | bytes, detail: str, known: frozenset[str]) -> ErrorRepl
     # and to echo the request id back.
     try:
         raw: Any = orjson.loads(data)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError:  # also orjson's nesting limit (1024)
         return ErrorReply(ErrorCode.BAD_FRAME, "frame is not valid JSON")
     if not isinstance(raw, dict):
         return ErrorReply(ErrorCode.BAD_FRAME, "frame must be a JSON object")

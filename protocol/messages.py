@@ -27,7 +27,10 @@ PROTOCOL_VERSION = 1
 Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
 ShortText = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00]*$")]
 RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
+# Sequence numbers and offsets: at most 2**53 - 1, the largest integer a JavaScript
+# client holds exactly (and far inside Postgres' bigint; larger values were `internal`).
+MAX_SEQ = 2**53 - 1
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
 
 
 class Role(enum.StrEnum):

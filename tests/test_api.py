@@ -409,3 +409,19 @@ def test_without_allowed_origins_no_origin_gets_cors(server: RunningServer) -> N
     response = httpx.options(f"{server.http}/api/v1/assistants", headers=preflight)
     assert "access-control-allow-origin" not in response.headers
     assert response.status_code >= 400
+
+
+def test_nul_in_any_text_field_is_422_not_500(http: httpx.Client) -> None:
+    # Postgres rejects NUL in text: a title or description with one was a 500.
+    aid = http.post("/assistants", json={"name": "Scheduler"}).json()["id"]
+    bad = [
+        ("/conversations", {"title": "trip\u0000"}, "title"),
+        (f"/assistants/{aid}/skills", {"name": "s", "description": "a\u0000b"}, "description"),
+        ("/assistants", {"name": "x", "system_prompt": "\u0000"}, "system_prompt"),
+        ("/route", {"text": "hi\u0000"}, "text"),
+    ]
+    for path, body, field in bad:
+        assert error(http.post(path, json=body), 422)["field"] == field, path
+    skill = http.post(f"/assistants/{aid}/skills", json={"name": "s", "description": "ok"}).json()
+    patched = http.patch(f"/skills/{skill['id']}", json={"description": "\u0000"})
+    assert error(patched, 422)["field"] == "description"

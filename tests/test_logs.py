@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from chat_server.logs import JsonFormatter, TextFormatter
+from protocol.errors import CloseCode
 from protocol.messages import Ack, Send, TurnEnd
 from tests.replicas import start_replicas, stop_replicas
 from tests.servers import RunningServer
@@ -66,7 +67,8 @@ async def test_a_turn_logs_one_summary_line_without_token_or_text(
         LOG_FORMAT=fmt,
     )
     try:
-        client = await Client.connect(replica.ws)
+        # A client that puts its token in the URL must not find it in the log either.
+        client = await Client.connect(f"{replica.ws}?access_token={token}")
         await client.hello(token=token)
         cid = await client.create()
         text = "my confidential plan " + directive(tokens=12)
@@ -74,6 +76,10 @@ async def test_a_turn_logs_one_summary_line_without_token_or_text(
         await client.expect(Ack)
         end, _ = await client.until(TurnEnd)
         await client.close()
+        # Invalid UTF-8 in a text frame, before hello: 1007, and no traceback in the log.
+        rude = await Client.connect(replica.ws)
+        await rude.ws.send(b"\xff\xfe not utf-8", text=True)
+        assert await rude.closed_with() == CloseCode.INVALID_PAYLOAD
     finally:
         stop_replicas([replica])
     output = replica.output()
@@ -87,3 +93,5 @@ async def test_a_turn_logs_one_summary_line_without_token_or_text(
     assert int(line["ttft_ms"]) <= int(line["duration_ms"])
     for leaked in (token, SECRET, "AIza-not-a-real-key-0123", "confidential", end.message.text):
         assert leaked not in output
+    assert "Traceback" not in output
+    assert "UTF-8" not in output

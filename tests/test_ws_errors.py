@@ -3,6 +3,7 @@ code, the connection survives where it can, and nothing stored is touched."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,12 @@ async def ready_client(server: RunningServer) -> tuple[Client, uuid.UUID]:
 async def still_alive(client: Client) -> None:
     await client.send(Ping(id="alive?"))
     assert await client.expect(Pong) == Pong(id="alive?")
+
+
+def seq_frame(kind: str, request_id: str, **fields: int) -> str:
+    """A frame of ``kind`` for a random conversation, with big integers kept exact."""
+    body = {"type": kind, "id": request_id, "conversation_id": str(uuid.uuid4()), **fields}
+    return json.dumps(body)  # the stdlib writes integers of any size
 
 
 @pytest.mark.parametrize(
@@ -65,6 +72,12 @@ async def still_alive(client: Client) -> None:
             "bad_frame",
             None,
         ),
+        # A depth bomb in a field msgspec skips: a RecursionError before, `internal`.
+        ('{"type": "ping", "x": ' + "[" * 30_000 + "]" * 30_000 + "}", "bad_frame", None),
+        # Sequence numbers beyond 2**53 - 1: asyncpg's int64 overflow before, `internal`.
+        (seq_frame("join", "t8", after_seq=2**63), "bad_message", "t8"),
+        (seq_frame("history", "t9", before_seq=2**64), "bad_message", "t9"),
+        (seq_frame("cancel", "t10", heard_chars=2**53), "bad_message", "t10"),
     ],
 )
 async def test_malformed_frames_get_an_error_and_the_connection_survives(
@@ -240,4 +253,15 @@ async def test_disallowed_origin_is_refused_with_http_403(
     assert refused.value.response.status_code == 403
     client = await Client.connect(server.ws, origin="https://app.example")
     await client.hello(new_user())
+    await client.close()
+
+
+async def test_a_client_without_origin_passes_the_origin_check(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    # Native and mobile apps send no Origin; only browsers do, and they always do.
+    server = start_server(allowed_origins=("https://app.example",))
+    client = await Client.connect(server.ws)
+    await client.hello(new_user())
+    await still_alive(client)
     await client.close()
