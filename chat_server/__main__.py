@@ -228,14 +228,14 @@ class DrainingServer(uvicorn.Server):
 
 def _serve(settings: Settings) -> None:
     # The app (google-genai, SQLAlchemy) loads only to serve: --help and token stay quick.
-    from chat_server.app import create_app, drain, simulator_url
+    from chat_server.app import create_app, drain
 
     _check_port(settings)
     settings = _database(settings, start_embedded=True)
     _redis(settings)
     _migrate(settings)
     if settings.uses_simulator:
-        where = settings.gemini_base_url or simulator_url(settings)
+        where = settings.gemini_base_url or "a loopback-only port"
         log.warning(
             "GEMINI_API_KEY is not set: replies come from the built-in Gemini simulator at %s",
             where,

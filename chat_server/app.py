@@ -27,7 +27,7 @@ from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.inflight.memory import MemoryInflight
 from chat_server.llm.gemini import GeminiEmbedder, GeminiProvider
-from chat_server.llm.simulator import SimConfig, create_simulator
+from chat_server.llm.simulator import LoopbackSimulator, SimConfig
 from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore, PresenceTracker
 from chat_server.presence.memory import MemoryPresence
 from chat_server.router.embedding import DIM, Embedder, HashingEmbedder
@@ -38,16 +38,6 @@ from chat_server.turns import Turns, reembed
 from chat_server.ws import websocket_endpoint
 
 log = logging.getLogger("chat_server")
-
-SIMULATOR_PATH = "/_sim/gemini"
-
-
-def simulator_url(settings: Settings) -> str:
-    """Where the in-process simulator answers when no GEMINI_BASE_URL is given."""
-    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.port}{SIMULATOR_PATH}"
 
 
 class RedisUnreachable(Exception):
@@ -129,14 +119,25 @@ def create_app(settings: Settings) -> Starlette:
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (start the embedded one first)")
     database_url = settings.database_url.value
-    mount_simulator = settings.uses_simulator and settings.gemini_base_url is None
-    base_url = simulator_url(settings) if mount_simulator else settings.gemini_base_url
+    built_in_simulator = settings.uses_simulator and settings.gemini_base_url is None
     api_key = settings.gemini_api_key.value if settings.gemini_api_key else "simulator"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        simulator = None
+        base_url = settings.gemini_base_url
+        if built_in_simulator:
+            sim = SimConfig(
+                ttft_s=settings.sim_ttft_ms / 1000, tokens_per_s=settings.sim_tokens_per_s
+            )
+            simulator = LoopbackSimulator(sim)
+            base_url = await asyncio.to_thread(simulator.start)
+            app.state.simulator_url = base_url
         engine = make_engine(database_url)
-        async with _backends(settings) as (bus, inflight, presence):
+        async with contextlib.AsyncExitStack() as stack:
+            if simulator is not None:
+                stack.push_async_callback(asyncio.to_thread, simulator.stop)
+            bus, inflight, presence = await stack.enter_async_context(_backends(settings))
             await bus.start()
             hub = Hub(bus=bus, node_id=settings.node_id)
             llm = GeminiProvider(
@@ -170,13 +171,9 @@ def create_app(settings: Settings) -> Starlette:
                 users=UserIds(make_sessionmaker(engine), default_model=settings.gemini_model),
             )
             app.state.runtime = runtime
-            if mount_simulator and settings.embedder == "gemini":
-                # The built-in simulator answers only once this app serves.
-                log.warning("EMBEDDER=gemini with the built-in simulator: no re-embedding")
-            else:
-                embedded = await reembed(make_sessionmaker(engine), embedder)
-                if embedded:
-                    log.info("re-embedded %d skills and examples with %s", embedded, embedder.name)
+            embedded = await reembed(make_sessionmaker(engine), embedder)
+            if embedded:
+                log.info("re-embedded %d skills and examples with %s", embedded, embedder.name)
             ended = await turns.sweep()
             if ended:
                 log.warning("ended %d replies whose replica is gone", ended)
@@ -204,9 +201,6 @@ def create_app(settings: Settings) -> Starlette:
         Route("/protocol.json", http.protocol_schema),
         *api.routes(),
     ]
-    if mount_simulator:
-        sim = SimConfig(ttft_s=settings.sim_ttft_ms / 1000, tokens_per_s=settings.sim_tokens_per_s)
-        routes.append(Mount(SIMULATOR_PATH, app=create_simulator(sim)))
     middleware = []
     if settings.allowed_origins:
         # Browser apps on these origins may call the REST API (bearer tokens, no cookies).

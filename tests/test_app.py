@@ -62,8 +62,18 @@ async def test_without_api_key_replies_come_from_the_built_in_simulator(
     end, _ = await client.until(TurnEnd)
     assert end.finish_reason == "stop", end.error
     assert end.message.text.startswith("You said: ping the simulator.")
+    # The simulator listens on loopback only, never on the server's public port, where
+    # its request log would show every user's prompts to anyone.
+    simulator_url = server.server.config.loaded_app.app.state.simulator_url
     async with httpx.AsyncClient() as http:
-        log = (await http.get(f"{server.http}/_sim/gemini/_sim/requests")).json()
+        log = (await http.get(f"{simulator_url}/_sim/requests")).json()
+        for path in (
+            "/_sim/gemini/_sim/requests",
+            "/_sim/requests",
+            "/v1/models/m:generateContent",
+        ):
+            assert (await http.get(f"{server.http}{path}")).status_code in (404, 405)
+    assert simulator_url.startswith("http://127.0.0.1:")
     assert any("ping the simulator" in str(r["body"]) for r in log)
     await client.close()
 

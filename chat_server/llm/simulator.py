@@ -28,6 +28,7 @@ import collections
 import math
 import re
 import shlex
+import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -270,6 +271,48 @@ async def _stream(
     elif cfg.fail == "error_chunk":
         error = {"error": {"code": 500, "message": "simulated failure", "status": "INTERNAL"}}
         yield b"data: " + orjson.dumps(error) + b"\r\n\r\n"
+
+
+class LoopbackSimulator:
+    """The simulator on 127.0.0.1 (a free port), in a thread with its own event loop.
+
+    The server's built-in simulator: reachable only from this machine, never on the
+    server's public port, where its request log would show every user's prompts to
+    anyone. The server reaches it through the real google-genai client like any
+    Gemini endpoint.
+    """
+
+    def __init__(self, config: SimConfig) -> None:
+        import uvicorn
+
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                create_simulator(config),
+                host="127.0.0.1",
+                port=0,
+                log_config=None,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        self._thread = threading.Thread(target=self._server.run, name="simulator", daemon=True)
+        self.url = ""
+
+    def start(self, timeout_s: float = 20.0) -> str:
+        """Start serving; return the base URL (blocks until it listens)."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the built-in simulator did not start")
+            time.sleep(0.005)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
 
 
 def main() -> None:
