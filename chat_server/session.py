@@ -340,7 +340,10 @@ class Session:
             raise
         finally:
             state.buffer = None
-        await self._rt.presence.enter(conversation_id, self.device)
+        try:
+            await self._rt.presence.enter(conversation_id, self.device)
+        except Exception:  # presence is best effort (Redis away); the refresh re-adds it
+            log.warning("presence update on join failed", exc_info=True)
 
     @property
     def device(self) -> Device:
@@ -363,6 +366,9 @@ class Session:
                 if join.after_seq is not None
                 else []
             )
+        # Everything that can fail is read before ``joined`` goes out: a device told it
+        # joined must be joined.
+        running = await self._running(conversation_id)
         recovered = join.after_seq is not None and len(rows) <= limit
         # A fresh join (or one that missed too much) starts at the present.
         state.floor = (
@@ -383,7 +389,7 @@ class Session:
         )
         if recovered:
             self._accept_rows(conversation_id, rows)
-        for turn in await self._running(conversation_id):
+        for turn in running:
             self._catch_up(turn)
         for event in state.buffer or ():
             self._accept(event)
@@ -400,7 +406,14 @@ class Session:
                 )
 
     async def _running(self, conversation_id: uuid.UUID) -> list[InflightTurn]:
-        turns = await self._rt.turns.inflight.active(conversation_id)
+        """The replies streaming in the conversation, oldest first. With the shared state
+        away (Redis down) none are known: the join still succeeds from Postgres, and the
+        resync after the bus reconnects brings whatever was missed."""
+        try:
+            turns = await self._rt.turns.inflight.active(conversation_id)
+        except Exception:
+            log.warning("in-flight replies unavailable; joining without them", exc_info=True)
+            return []
         return sorted(turns, key=lambda t: _start(t).seq)
 
     def _catch_up(self, turn: InflightTurn) -> None:

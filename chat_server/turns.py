@@ -109,7 +109,9 @@ class ActiveTurn:
     state: TurnState = TurnState.STREAMING
     heard_chars: int | None = None  # set by a cancel with heard_chars
     cancel_requested: bool = False
-    shared_ok: bool = True  # false after an append to the shared state failed
+    # False after a write to the shared state failed, or when Redis lost it: the next
+    # flush writes the whole text again instead of appending.
+    shared_ok: bool = True
     history: list[ChatTurn] | None = None  # prepared ahead; else loaded when generating
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     pending: str = ""  # generated, not yet shared and published
@@ -166,6 +168,8 @@ class Turns:
         self.embedder = embedder
         self._settings = settings
         self._active: dict[uuid.UUID, ActiveTurn] = {}
+        # Replies the sweeper found without a lease, and when it first did.
+        self._suspects: dict[uuid.UUID, float] = {}
 
     # ------------------------------------------------------------------ submit
 
@@ -368,20 +372,45 @@ class Turns:
             ticks += 1
             try:
                 if self._active:
-                    await self.inflight.renew(list(self._active))
+                    await self._renew()
                 if ticks % 2 == 0:
                     await self.sweep()
             except Exception:  # Redis or Postgres away: try again next tick
                 log.warning("lease renewal or sweep failed", exc_info=True)
 
+    async def _renew(self) -> None:
+        """Renew this replica's leases; write again the shared state Redis lost."""
+        lost = await self.inflight.renew(list(self._active), self._settings.node_id)
+        for turn_id in lost:
+            turn = self._active.get(turn_id)
+            if turn is None or turn.state is not TurnState.STREAMING:
+                continue
+            log.warning("shared state of turn %s was lost (Redis restarted?); restoring", turn_id)
+            turn.shared_ok = False
+            if turn.flusher is None or turn.flusher.done():
+                turn.flusher = asyncio.create_task(self._flush(turn))
+
     async def sweep(self) -> int:
-        """End replies left streaming by a replica that stopped renewing its lease."""
+        """End replies left streaming by a replica that stopped renewing its lease.
+
+        A lease seen missing is only a suspicion: Redis may have restarted empty, and
+        the owner re-creates its leases within a third of ``lease_ms``. A reply is ended
+        only when its lease is still missing ``lease_ms`` after it was first seen so."""
         async with self._db.begin() as s:
             rows = await queries.streaming_replies(s, older_than_ms=self._settings.lease_ms)
+        now = time.monotonic()
+        streaming = {row.id for row in rows}
+        for gone in [t for t in self._suspects if t not in streaming]:
+            del self._suspects[gone]
         ended = 0
         for row in rows:
             if row.id in self._active or await self.inflight.lease_alive(row.id):
+                self._suspects.pop(row.id, None)
                 continue
+            first_seen = self._suspects.setdefault(row.id, now)
+            if now - first_seen < self._settings.lease_ms / 1000:
+                continue
+            del self._suspects[row.id]
             state = await self.inflight.get(row.id)
             error = ErrorInfo(
                 code=ErrorCode.LLM_UNAVAILABLE,
@@ -395,6 +424,7 @@ class Turns:
                 FinishReason.ERROR,
                 Usage(),
                 error,
+                swept=True,
             ):
                 ended += 1
                 log.warning("ended reply %s of a lost replica", row.id)
@@ -492,8 +522,11 @@ class Turns:
                 if chunk.text:
                     if turn.first_token_at is None:
                         turn.first_token_at = time.monotonic()
-                    turn.text += chunk.text
-                    turn.pending += chunk.text
+                    # Postgres refuses NUL in text; U+FFFD keeps the length, so every
+                    # device and the stored reply agree on offsets.
+                    piece = chunk.text.replace("\x00", "\ufffd")
+                    turn.text += piece
+                    turn.pending += piece
                     if turn.flusher is None or turn.flusher.done():
                         turn.flusher = asyncio.create_task(self._flush(turn))
                 if chunk.finish_reason is not None:
@@ -517,31 +550,49 @@ class Turns:
         relayed on its own; a faster one (or a loaded Redis) gets fewer, larger deltas,
         identical on every replica since local devices receive the same delta events.
         """
-        while turn.pending:
+        while turn.pending or not turn.shared_ok:
             text, turn.pending = turn.pending, ""
             offset = turn.published
             turn.published += len(text)
-            await self._share(turn, text)
-            await self._hub.publish(
-                Delta(
-                    conversation_id=turn.conversation_id,
-                    turn_id=turn.turn_id,
-                    offset=offset,
-                    text=text,
+            shared = await self._share(turn, text)
+            if text:
+                await self._hub.publish(
+                    Delta(
+                        conversation_id=turn.conversation_id,
+                        turn_id=turn.turn_id,
+                        offset=offset,
+                        text=text,
+                    )
                 )
-            )
+            if not shared and not turn.pending:
+                return  # Redis is away: the next renewal or chunk tries again
 
-    async def _share(self, turn: ActiveTurn, text: str) -> None:
-        # Shared text is written before the delta is published, so a device repairing
-        # a gap always finds the text it saw a delta for. After one failed write the
-        # shared copy stops (it stays a true prefix); turn_end still carries it all.
-        if not turn.shared_ok:
-            return
+    async def _share(self, turn: ActiveTurn, text: str) -> bool:
+        """Write the reply's new text to the shared state; False if that failed.
+
+        Shared text is written before the delta is published, so a device repairing a
+        gap always finds the text it saw a delta for. After a failed write (or when Redis
+        lost the state) the next write is the whole text so far, never an append after
+        a hole: the shared copy is always a true prefix of the reply."""
         try:
-            await self.inflight.append(turn.turn_id, text)
+            if turn.shared_ok:
+                await self.inflight.append(turn.turn_id, text)
+            else:
+                await self.inflight.restore(
+                    turn.turn_id,
+                    turn.conversation_id,
+                    encode(turn.start),
+                    self._settings.node_id,
+                    turn.text[: turn.published],
+                )
+                turn.shared_ok = True
+                log.info("shared text of turn %s restored", turn.turn_id)
+            return True
         except Exception:
+            if turn.shared_ok:
+                log.warning("shared text of turn %s is stale until Redis is back", turn.turn_id)
             turn.shared_ok = False
-            log.warning("shared text of turn %s is stale from here on", turn.turn_id)
+            return False
 
     async def _finish(
         self,
@@ -567,8 +618,16 @@ class Turns:
         finish: FinishReason,
         usage: Usage,
         error: ErrorInfo | None,
+        *,
+        swept: bool = False,
     ) -> bool:
-        """Write the final reply once (first writer wins), announce it, forget it."""
+        """Write the final reply, announce it, forget it.
+
+        The first writer wins, except that the generating replica's own write replaces
+        a sweeper's with less text (a sweeper that judged a live reply dead): a stored
+        reply is never shorter than what devices were shown. The write is retried until
+        Postgres takes it, so a reply never stays ``streaming``; meanwhile the turn is
+        still this replica's and its lease is renewed."""
         status = {
             FinishReason.STOP: MessageStatus.COMPLETE,
             FinishReason.LENGTH: MessageStatus.COMPLETE,
@@ -579,8 +638,9 @@ class Turns:
         meta: dict[str, Any] = {"finish_reason": finish, "usage": _builtins(usage)}
         if error is not None:
             meta["error"] = _builtins(error)
-        async with self._db.begin() as s:
-            row = await queries.finish_reply(s, turn_id, text=text, status=status, meta=meta)
+        if swept:
+            meta["swept"] = True
+        row = await self._write_final(turn_id, text, status, meta, replace_swept=not swept)
         if row is not None:  # else already finished elsewhere; its turn_end went out then
             await self._hub.publish(
                 TurnEnd(
@@ -596,6 +656,29 @@ class Turns:
         with contextlib.suppress(Exception):
             await self.inflight.end(turn_id, conversation_id)
         return row is not None
+
+    async def _write_final(
+        self,
+        turn_id: uuid.UUID,
+        text: str,
+        status: MessageStatus,
+        meta: dict[str, Any],
+        *,
+        replace_swept: bool,
+    ) -> MessageRow | None:
+        delay, warned_at = 0.1, 0.0
+        while True:
+            try:
+                async with self._db.begin() as s:
+                    return await queries.finish_reply(
+                        s, turn_id, text=text, status=status, meta=meta, replace_swept=replace_swept
+                    )
+            except Exception as exc:  # Postgres away or restarting: keep trying
+                if time.monotonic() - warned_at > 30:
+                    warned_at = time.monotonic()
+                    log.warning("final write of turn %s failed, retrying: %r", turn_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
 
 def route_info(decision: router.Decision) -> RouteInfo:

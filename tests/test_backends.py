@@ -143,7 +143,7 @@ async def test_redis_lease_lapses_unless_renewed(redis_server: EmbeddedRedis) ->
     await store.begin(dropped, conv, b"{}", "n")
     for _ in range(4):
         await asyncio.sleep(0.15)
-        await store.renew([kept])
+        assert await store.renew([kept], node="n") == []
     assert await store.lease_alive(kept)
     assert not await store.lease_alive(dropped)
     assert await store.get(dropped) is not None, (
@@ -162,6 +162,26 @@ async def presence(
         return
     client = aioredis.Redis.from_url(redis_server.url)
     yield RedisPresence(client, ttl_s=0.6)
+    await client.aclose()
+
+
+async def test_redis_renew_recreates_lost_leases_and_names_lost_turns(
+    redis_server: EmbeddedRedis,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    store = RedisInflight(client, lease_ms=5000, ttl_s=60)
+    turn, conv = uuid.uuid4(), uuid.uuid4()
+    await store.begin(turn, conv, b"{}", "n")
+    await store.append(turn, "so far")
+    await client.flushall()  # what a Redis restart without persistence looks like
+    assert await store.renew([turn], node="n") == [turn], "the owner learns what was lost"
+    assert await store.lease_alive(turn), "PEXPIRE would not have re-created the lease"
+    await store.restore(turn, conv, b"{}", "n", "so far")
+    assert await store.renew([turn], node="n") == []
+    restored = await store.get(turn)
+    assert restored is not None
+    assert (restored.text, restored.node) == ("so far", "n")
+    assert [t.turn_id for t in await store.active(conv)] == [turn]
     await client.aclose()
 
 

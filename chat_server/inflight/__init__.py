@@ -29,6 +29,9 @@ class Inflight(Protocol):
     - ``begin`` registers a turn and takes its lease for ``lease_ms``; the owner calls
       ``renew`` well within that time. A lease not renewed expires: the turn's replica
       is presumed dead and any replica may finish the turn (see ``Turns.sweep``).
+    - ``renew`` re-creates a lease that is gone (a Redis restarted empty), and returns
+      the turns whose shared state is gone: the owner, which holds the truth, then
+      writes it again with ``restore``.
     - ``append`` is called by the owner only, in order; ``get``/``active`` return the
       text as of some moment after every ``append`` that completed before the call.
     - Every key has a TTL (``ttl_s``): nothing outlives a crashed replica for long.
@@ -41,7 +44,13 @@ class Inflight(Protocol):
 
     async def append(self, turn_id: uuid.UUID, text: str) -> None: ...
 
-    async def renew(self, turn_ids: Iterable[uuid.UUID]) -> None: ...
+    async def renew(self, turn_ids: Iterable[uuid.UUID], node: str) -> list[uuid.UUID]: ...
+
+    async def restore(
+        self, turn_id: uuid.UUID, conversation_id: uuid.UUID, start: bytes, node: str, text: str
+    ) -> None:
+        """Write a turn's whole state again (``begin`` with the text so far)."""
+        ...
 
     async def lease_alive(self, turn_id: uuid.UUID) -> bool: ...
 

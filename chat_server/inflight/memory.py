@@ -24,8 +24,13 @@ class MemoryInflight:
                 turn.turn_id, turn.conversation_id, turn.start, turn.text + text, turn.node
             )
 
-    async def renew(self, turn_ids: Iterable[uuid.UUID]) -> None:
-        return None  # a single process cannot outlive itself
+    async def renew(self, turn_ids: Iterable[uuid.UUID], node: str) -> list[uuid.UUID]:
+        return []  # a single process cannot outlive itself, nor lose its memory
+
+    async def restore(
+        self, turn_id: uuid.UUID, conversation_id: uuid.UUID, start: bytes, node: str, text: str
+    ) -> None:
+        self._turns[turn_id] = InflightTurn(turn_id, conversation_id, start, text, node)
 
     async def lease_alive(self, turn_id: uuid.UUID) -> bool:
         return turn_id in self._turns

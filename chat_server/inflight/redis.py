@@ -26,11 +26,16 @@ class RedisInflight:
     async def begin(
         self, turn_id: uuid.UUID, conversation_id: uuid.UUID, start: bytes, node: str
     ) -> None:
+        await self.restore(turn_id, conversation_id, start, node, "")
+
+    async def restore(
+        self, turn_id: uuid.UUID, conversation_id: uuid.UUID, start: bytes, node: str, text: str
+    ) -> None:
         key, conv_key = f"inflight:{turn_id}", f"inflight:conv:{conversation_id}"
         async with self._r.pipeline(transaction=True) as p:
             p.hset(key, mapping={"conv": str(conversation_id), "node": node, "start": start})
             p.expire(key, self._ttl_s)
-            p.set(f"{key}:text", b"", ex=self._ttl_s)
+            p.set(f"{key}:text", text.encode(), ex=self._ttl_s)
             p.set(f"{key}:lease", node, px=self._lease_ms)
             p.sadd(conv_key, str(turn_id))
             p.expire(conv_key, self._ttl_s)
@@ -39,11 +44,16 @@ class RedisInflight:
     async def append(self, turn_id: uuid.UUID, text: str) -> None:
         await self._r.append(f"inflight:{turn_id}:text", text.encode())
 
-    async def renew(self, turn_ids: Iterable[uuid.UUID]) -> None:
+    async def renew(self, turn_ids: Iterable[uuid.UUID], node: str) -> list[uuid.UUID]:
+        # SET, not PEXPIRE: after a Redis restart the lease key is gone, and PEXPIRE of a
+        # missing key does nothing, so every live reply looked dead to the sweepers.
+        ids = list(turn_ids)
         async with self._r.pipeline(transaction=False) as p:
-            for turn_id in turn_ids:
-                p.pexpire(f"inflight:{turn_id}:lease", self._lease_ms)
-            await p.execute()
+            for turn_id in ids:
+                p.set(f"inflight:{turn_id}:lease", node, px=self._lease_ms)
+                p.exists(f"inflight:{turn_id}", f"inflight:{turn_id}:text")
+            replies = await p.execute()
+        return [turn_id for turn_id, found in zip(ids, replies[1::2], strict=True) if found < 2]
 
     async def lease_alive(self, turn_id: uuid.UUID) -> bool:
         return bool(await self._r.exists(f"inflight:{turn_id}:lease"))

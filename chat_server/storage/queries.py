@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, literal, select, tuple_, union_all, update
+from sqlalchemy import and_, delete, func, literal, or_, select, tuple_, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -187,12 +187,31 @@ async def store_turn(
 
 
 async def finish_reply(
-    s: AsyncSession, message_id: uuid.UUID, *, text: str, status: str, meta: dict[str, Any]
+    s: AsyncSession,
+    message_id: uuid.UUID,
+    *,
+    text: str,
+    status: str,
+    meta: dict[str, Any],
+    replace_swept: bool = False,
 ) -> Message | None:
-    """Write a reply's final text once. None if it was already finished (by anyone)."""
+    """Write a reply's final text once. None if it was already finished (by anyone).
+
+    With ``replace_swept`` the write also replaces an ending a sweeper wrote (``meta``
+    has ``swept``) when this text is longer: the generating replica's text wins."""
+    finishable = Message.status == "streaming"
+    if replace_swept:
+        finishable = or_(
+            finishable,
+            and_(
+                Message.meta["swept"].as_boolean().is_(True),
+                func.char_length(Message.text) < len(text),
+            ),
+        )
+    meta = {"swept": False, **meta} if replace_swept else meta
     return await s.scalar(
         update(Message)
-        .where(Message.id == message_id, Message.status == "streaming")
+        .where(Message.id == message_id, finishable)
         .values(text=text, status=status, meta=Message.meta.op("||")(meta), updated_at=func.now())
         .returning(Message)
     )
