@@ -506,11 +506,15 @@ class Turns:
         )
         usage = Usage()
         stream = self._llm.stream(request)
+        # Before the first chunk the provider may retry (a 429) and back off: that wait
+        # is not a stall, and must not turn a rate limit into llm_unavailable.
+        bound = self._settings.llm_stall_s + self._llm.retry_budget_s
         try:
             while True:
                 try:
-                    async with asyncio.timeout(self._settings.llm_stall_s):
+                    async with asyncio.timeout(bound):
                         chunk = await anext(stream)
+                    bound = self._settings.llm_stall_s
                 except StopAsyncIteration:
                     raise LLMError(
                         ErrorCode.LLM_UNAVAILABLE, "model stream ended without a finish reason"

@@ -399,6 +399,22 @@ async def test_model_failures_end_the_turn_with_the_right_finish_reason(
     await client.close()
 
 
+async def test_a_429_after_retries_is_rate_limited_even_with_a_short_stall_bound(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    # The SDK backs off ~1-2 s before its second attempt: longer than the stall bound,
+    # which used to end the turn as llm_unavailable ("model sent nothing").
+    server = start_server(llm_stall_s=0.5, gemini_attempts=2)
+    client = await device(server, new_user())
+    cid = await client.create()
+    _, frames = await turn(client, cid, "x " + directive(fail="429"))
+    end = frames[-1]
+    assert isinstance(end, TurnEnd)
+    assert end.error is not None
+    assert (end.finish_reason, end.error.code) == ("error", "llm_rate_limited")
+    await client.close()
+
+
 async def test_a_stalled_model_ends_the_turn_with_an_error(
     start_server: Callable[..., RunningServer],
 ) -> None:

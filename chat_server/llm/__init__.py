@@ -53,8 +53,12 @@ class LLMProvider(Protocol):
     ``finish_reason`` (a stream that ends without one was cut and the caller treats
     it as an error). Every provider failure, before or during the stream, is raised
     as ``LLMError``; cancelling the consuming task closes the upstream request.
-    The provider does not time out stalls: the caller bounds the wait per chunk.
+    The provider does not time out stalls: the caller bounds the wait per chunk, and
+    before the first chunk allows ``retry_budget_s`` more (the provider's own retries
+    and their back-off happen there, and a 429 must surface as itself, not a stall).
     """
+
+    retry_budget_s: float
 
     def stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]: ...
 

@@ -64,12 +64,27 @@ def _unit(vector: list[float]) -> list[float]:
     return [x / norm for x in vector] if norm else vector
 
 
+# The SDK's back-off between attempts, set here so its total is known (retry_budget_s).
+RETRY_INITIAL_S, RETRY_MAX_S, RETRY_JITTER_S = 1.0, 8.0, 1.0
+
+
 class GeminiProvider:
     def __init__(self, *, api_key: str, base_url: str | None, attempts: int) -> None:
         retry = (
-            types.HttpRetryOptions(attempts=attempts, http_status_codes=[429, 500, 502, 503, 504])
+            types.HttpRetryOptions(
+                attempts=attempts,
+                http_status_codes=[429, 500, 502, 503, 504],
+                initial_delay=RETRY_INITIAL_S,
+                max_delay=RETRY_MAX_S,
+                exp_base=2,
+                jitter=RETRY_JITTER_S,
+            )
             if attempts > 1
             else None
+        )
+        # The longest the SDK may spend backing off before the first chunk.
+        self.retry_budget_s = sum(
+            min(RETRY_MAX_S, RETRY_INITIAL_S * 2**i) + RETRY_JITTER_S for i in range(attempts - 1)
         )
         self._client = genai.Client(
             api_key=api_key,
