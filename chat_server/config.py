@@ -82,6 +82,7 @@ class Settings:
     max_frame_bytes: int = 64 * 1024  # MAX_FRAME_BYTES: larger frames close with 1009
     max_text_chars: int = 16_000  # MAX_TEXT_CHARS: longest user turn
     outbox_frames: int = 1024  # OUTBOX_FRAMES: queued frames before closing as slow (4000)
+    outbox_bytes: int = 4 * 1024 * 1024  # OUTBOX_BYTES: ... or queued bytes
     heartbeat_ms: int = 25_000  # HEARTBEAT_MS: client pings this often; 2x silence → 4001
     hello_timeout_s: float = 10.0  # HELLO_TIMEOUT_S: time for the first frame (4002)
     replay_limit: int = 1000  # REPLAY_LIMIT: most events replayed on join (else recovered:false)
@@ -126,6 +127,7 @@ class Settings:
             max_frame_bytes=r.number("MAX_FRAME_BYTES", d.max_frame_bytes, int, 1024),
             max_text_chars=r.number("MAX_TEXT_CHARS", d.max_text_chars, int, 1),
             outbox_frames=r.number("OUTBOX_FRAMES", d.outbox_frames, int, 1),
+            outbox_bytes=r.number("OUTBOX_BYTES", d.outbox_bytes, int, 64 * 1024),
             heartbeat_ms=r.number("HEARTBEAT_MS", d.heartbeat_ms, int, 100),
             hello_timeout_s=r.number("HELLO_TIMEOUT_S", d.hello_timeout_s, float, 0.1),
             replay_limit=r.number("REPLAY_LIMIT", d.replay_limit, int, 1),

@@ -44,6 +44,9 @@ class Event(msgspec.Struct, kw_only=True):
     text: str = ""  # a delta's text, so it can be trimmed or merged without decoding
     exclude: str | None = None  # session id that must not receive it (its own relay)
     origin: str = ""
+    # Live, never-stored events that supersede the previous one from the same source (a
+    # voice partial, typing): a queued one is replaced, not queued again.
+    supersedes: str = ""
 
     @classmethod
     def of(cls, message: Broadcast, *, exclude: str | None = None) -> Event:
@@ -61,6 +64,10 @@ class Event(msgspec.Struct, kw_only=True):
             event.turn_id = message.message.id  # a stored reply completes its turn
         if isinstance(message, Delta):
             event.offset, event.text = message.offset, message.text
+        elif isinstance(message, InputEvent) and not message.final:
+            event.supersedes = f"input:{message.user_id}:{message.input_id}"
+        elif isinstance(message, TypingEvent):
+            event.supersedes = f"typing:{message.session_id}"
         return event
 
     @classmethod

@@ -5,9 +5,10 @@ writer task drains. Every conversation event goes through ``_accept``, which sen
 each stored message once (by seq), each reply's text once (by offset), and repairs a
 gap (a delta ahead of what was sent, or events lost while the bus was reconnecting)
 from the shared in-flight state and Postgres. Deltas of one reply that queue up behind a
-slow socket merge into one frame; a client that still falls ``outbox_frames`` behind
-is closed with 4000 ("slow consumer, resume"). The session never touches Starlette:
-``ws.py`` hands it a ``Transport``.
+slow socket merge into one frame, and a voice partial or typing event replaces the
+queued one from the same source; a client that still falls ``outbox_frames`` frames or
+``outbox_bytes`` bytes behind is closed with 4000 ("slow consumer, resume"). The
+session never touches Starlette: ``ws.py`` hands it a ``Transport``.
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ class Session:
         self._rt = runtime
         self._transport = transport
         self._outbox: collections.deque[Event] = collections.deque()
+        self._outbox_bytes = 0
+        self._superseding: dict[str, Event] = {}  # queued live events by their source
         self._wake = asyncio.Event()
         self._close: tuple[int, str] | None = None
         self._joined: dict[uuid.UUID, _Joined] = {}
@@ -290,6 +293,7 @@ class Session:
                     max_frame_bytes=settings.max_frame_bytes,
                     max_text_chars=settings.max_text_chars,
                     outbox_frames=settings.outbox_frames,
+                    outbox_bytes=settings.outbox_bytes,
                 ),
             )
         )
@@ -369,7 +373,14 @@ class Session:
         # Everything that can fail is read before ``joined`` goes out: a device told it
         # joined must be joined.
         running = await self._running(conversation_id)
-        recovered = join.after_seq is not None and len(rows) <= limit
+        # A replay too big for the outbox would close the device as slow, and its rejoin
+        # would do the same again: past half the outbox it is recovered:false (history).
+        replay_bytes = sum(len(row.text) for row in rows)
+        recovered = (
+            join.after_seq is not None
+            and len(rows) <= limit
+            and replay_bytes <= self._rt.settings.outbox_bytes // 2
+        )
         # A fresh join (or one that missed too much) starts at the present.
         state.floor = (
             join.after_seq if recovered and join.after_seq is not None else conversation.last_seq
@@ -717,13 +728,29 @@ class Session:
                 and last.offset + len(last.text) == event.offset
             ):
                 # Behind on this reply already: one frame for both, encoded when sent.
-                self._outbox[-1] = _delta_event(last, last.offset, last.text + event.text, "")
+                merged = _delta_event(last, last.offset, last.text + event.text, "")
+                self._outbox[-1] = merged
+                self._grow(_size(merged) - _size(last))
                 return
+        queued = self._superseding.get(event.supersedes) if event.supersedes else None
+        if queued is not None:
+            # A newer partial transcript (or typing state) makes the queued one moot.
+            self._grow(len(event.frame) - len(queued.frame))
+            queued.frame = event.frame
+            return
         if len(self._outbox) >= self._rt.settings.outbox_frames:
             self.request_close(CloseCode.SLOW_CONSUMER, "client is not reading fast enough")
             return
+        if event.supersedes:
+            self._superseding[event.supersedes] = event
         self._outbox.append(event)
+        self._grow(_size(event))
         self._wake.set()
+
+    def _grow(self, size: int) -> None:
+        self._outbox_bytes += size
+        if self._outbox_bytes > self._rt.settings.outbox_bytes:
+            self.request_close(CloseCode.SLOW_CONSUMER, "client is not reading fast enough")
 
     def request_close(self, code: CloseCode, reason: str, *, flush: bool = False) -> None:
         """Close after the frames already queued (``flush``) or right away."""
@@ -731,6 +758,8 @@ class Session:
             return
         if not flush:
             self._outbox.clear()
+            self._superseding.clear()
+            self._outbox_bytes = 0
         self.state = SessionState.CLOSING
         self._close = (code.value, reason.encode()[:123].decode(errors="ignore"))
         self._wake.set()
@@ -740,6 +769,9 @@ class Session:
         while True:
             while self._outbox:
                 event = self._outbox.popleft()
+                self._outbox_bytes -= _size(event)
+                if event.supersedes:
+                    self._superseding.pop(event.supersedes, None)
                 if not event.frame:
                     event.frame = encode(_delta(event)).decode()
                 await self._transport.send_text(event.frame)
@@ -760,6 +792,11 @@ class Session:
                 speech.timer.cancel()
         for conversation_id in list(self._joined):
             await self._leave(conversation_id)
+
+
+def _size(event: Event) -> int:
+    # A merged delta is encoded only when sent: its text plus a frame's worth of fields.
+    return len(event.frame) if event.frame else len(event.text) + 200
 
 
 def _consume_exception(task: asyncio.Task[Prepared]) -> None:

@@ -169,6 +169,7 @@ class Limits(msgspec.Struct, kw_only=True):
     max_frame_bytes: int
     max_text_chars: int
     outbox_frames: int  # frames queued for a client before it is closed as slow
+    outbox_bytes: int = 0  # ... or bytes queued (0: not announced by this server)
 
 
 class Welcome(_Frame, tag="welcome", kw_only=True):

@@ -17,6 +17,7 @@ from protocol.errors import CloseCode
 from protocol.messages import (
     AssistantRef,
     Delta,
+    InputEvent,
     Message,
     MessageInfo,
     MessageStatus,
@@ -54,8 +55,10 @@ class FakeTurns:
         self.inflight = MemoryInflight()
 
 
-def ready_session(transport: GatedTransport, outbox_frames: int = 100) -> Session:
-    settings = Settings(outbox_frames=outbox_frames)
+def ready_session(
+    transport: GatedTransport, outbox_frames: int = 100, outbox_bytes: int = 1 << 20
+) -> Session:
+    settings = Settings(outbox_frames=outbox_frames, outbox_bytes=outbox_bytes)
     runtime = Runtime(
         settings=settings,
         db=None,  # type: ignore[arg-type]
@@ -121,6 +124,67 @@ async def test_a_client_that_falls_too_far_behind_is_closed_as_slow_consumer() -
     assert transport.closed is not None
     assert transport.closed[0] == CloseCode.SLOW_CONSUMER == 4000
     assert len(transport.frames) == 1
+
+
+def partial(input_id: str, text: str, final: bool = False) -> Event:
+    return Event.of(
+        InputEvent(conversation_id=CONV, input_id=input_id, text=text, final=final, user_id="alice")
+    )
+
+
+async def test_a_newer_partial_replaces_the_queued_one_from_the_same_source() -> None:
+    transport = GatedTransport()
+    session = ready_session(transport, outbox_frames=8, outbox_bytes=64 * 1024)
+    writer = asyncio.create_task(session.run_writer())
+    session.deliver(partial("u1", "c"))
+    await transport.waiting.wait()  # the writer holds the first frame
+    for n in range(2, 500):  # 500 partials of up to 2 KB: no bound is reached
+        session.deliver(partial("u1", "c" * (n * 4)))
+    session.deliver(partial("u1", "done", final=True))  # a final one is never replaced
+    assert len(session._outbox) == 2
+    assert session.state is SessionState.READY
+    session.request_close(CloseCode.NORMAL, "", flush=True)
+    transport.gate.set()
+    await asyncio.wait_for(writer, 5)
+    assert [(f.text, f.final) for f in transport.frames] == [
+        ("c", False),
+        ("c" * 499 * 4, False),
+        ("done", True),
+    ]
+    assert session._outbox_bytes == 0
+
+
+async def test_a_stalled_reader_is_bounded_in_bytes_not_only_frames() -> None:
+    transport = GatedTransport()
+    session = ready_session(transport, outbox_frames=1000, outbox_bytes=64 * 1024)
+    writer = asyncio.create_task(session.run_writer())
+    session.deliver(partial("u0", "x"))
+    await transport.waiting.wait()
+    for n in range(1, 20):  # distinct utterances of 8 KB: 160 KB, far under 1000 frames
+        session.deliver(partial(f"u{n}", "x" * 8192))
+        if session.state is SessionState.CLOSING:
+            break
+    assert session.state is SessionState.CLOSING
+    assert n <= 9, "closed once 64 KB were queued"
+    transport.gate.set()
+    await asyncio.wait_for(writer, 5)
+    assert transport.closed is not None
+    assert transport.closed[0] == CloseCode.SLOW_CONSUMER
+
+
+async def test_merged_deltas_keep_the_byte_count_exact() -> None:
+    transport = GatedTransport()
+    session = ready_session(transport)
+    writer = asyncio.create_task(session.run_writer())
+    session.deliver(delta(0, "a"))
+    await transport.waiting.wait()
+    for offset in range(1, 200):
+        session.deliver(delta(offset, "b"))
+    assert 0 < session._outbox_bytes < 1000
+    session.request_close(CloseCode.NORMAL, "", flush=True)
+    transport.gate.set()
+    await asyncio.wait_for(writer, 5)
+    assert session._outbox_bytes == 0
 
 
 async def test_overlapping_deltas_are_trimmed_to_the_new_text() -> None:
