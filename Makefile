@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PYTHONDONTWRITEBYTECODE :=
 SYNC := $(UV) sync --frozen --quiet --extra embedded
 
-.PHONY: run test lint lock bench bench-codec bench-routing schema clean
+.PHONY: run test lint lock faults bench bench-codec bench-routing schema clean
 
 # The venv has no pip (uv installs into it; ensurepip alone took 6 s of a 15 s cold start).
 # uv comes from the machine's pip, or from a throwaway venv's pip where there is none.
@@ -55,6 +55,10 @@ lock: $(UV)
 # Regenerate protocol/schema.json after changing protocol/messages.py.
 schema: $(VENV)/.test-installed
 	$(BIN)/python -m protocol.schema --write
+
+# Kill, restart and pause the parts of a 3-replica deployment under load (~90 s).
+faults: $(VENV)/.test-installed
+	$(BIN)/python -m load.faults
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m load.bench
