@@ -77,6 +77,11 @@ MAX_JOINED = 64  # conversations one connection may join at once
 FINISHED_MEMORY = 256  # recently finished turns remembered, to drop their late events
 PREPARED_FRESH_S = 5.0  # a route/history prepared from partials is reused this long
 INTERRUPT_WAIT_S = 2.0  # how long a final input waits for the reply it interrupted to store
+# Live events fan out to every device on every replica: one source relays at most one
+# voice partial per PARTIAL_EVERY_S (the newest; the last always goes out) and repeats
+# an unchanged typing state at most every TYPING_EVERY_S.
+PARTIAL_EVERY_S = 0.1
+TYPING_EVERY_S = 1.0
 
 # Where a phrase may end for text-to-speech: Japanese/full-width punctuation at once,
 # English punctuation only when followed by a space (so "3.14" or "e.g" stay whole).
@@ -192,6 +197,8 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self.options = SessionOptions()
         self._speech: dict[uuid.UUID, _Speech] = {}
+        self._relayed: dict[tuple[Any, ...], float] = {}  # live event source → last relay
+        self._held: dict[tuple[Any, ...], InputEvent] = {}  # partials waiting for their slot
         self._prepared: dict[uuid.UUID, tuple[float, asyncio.Task[Prepared]]] = {}
         self._interrupted_by: set[str] = set()  # input ids that already interrupted
 
@@ -525,9 +532,37 @@ class Session:
             await self._rt.turns.start(stored, turn)
 
     async def _relay(self, event: InputEvent | TypingEvent) -> None:
-        """Live, never stored: to the conversation's other devices on every replica."""
+        """Live, never stored: to the conversation's other devices on every replica,
+        throttled per source (``PARTIAL_EVERY_S``, ``TYPING_EVERY_S``)."""
         self._require_joined(event.conversation_id)
+        now = asyncio.get_running_loop().time()
+        if isinstance(event, TypingEvent):
+            key: tuple[Any, ...] = ("typing", event.conversation_id, event.active)
+            if now - self._relayed.get(key, -1e9) < TYPING_EVERY_S:
+                return
+            self._relayed.pop(("typing", event.conversation_id, not event.active), None)
+        elif not event.final:
+            key = ("input", event.conversation_id, event.input_id)
+            wait = self._relayed.get(key, -1e9) + PARTIAL_EVERY_S - now
+            if wait > 0:
+                if key not in self._held:  # the first held one schedules the flush
+                    self._spawn(self._relay_later(key, wait))
+                self._held[key] = event
+                return
+        else:  # a final transcript goes out at once and supersedes any held partial
+            key = ("input", event.conversation_id, event.input_id)
+            self._held.pop(key, None)
+        self._relayed[key] = now
+        if len(self._relayed) > FINISHED_MEMORY:
+            self._relayed.pop(next(iter(self._relayed)))
         await self._rt.hub.publish(event, exclude=self.id)
+
+    async def _relay_later(self, key: tuple[Any, ...], wait: float) -> None:
+        await asyncio.sleep(wait)
+        event = self._held.pop(key, None)
+        if event is not None and event.conversation_id in self._joined:
+            self._relayed[key] = asyncio.get_running_loop().time()
+            await self._rt.hub.publish(event, exclude=self.id)
 
     async def _input(self, message: Input) -> None:
         await self._relay(

@@ -434,6 +434,38 @@ async def test_a_stalled_model_ends_the_turn_with_an_error(
 # ------------------------------------------------------------------ relays
 
 
+async def test_a_burst_of_partials_is_thinned_but_the_newest_always_arrives(
+    server: RunningServer,
+) -> None:
+    user = new_user()
+    voice, screen = await device(server, user), await device(server, user)
+    cid = await voice.create()
+    await screen.send(Join(conversation_id=cid))
+    await screen.expect(Joined)
+    words = [f"w{n}" for n in range(60)]
+    for n in range(1, len(words) + 1):  # 60 partials as fast as the socket takes them
+        await voice.send(Input(conversation_id=cid, input_id="u1", text=" ".join(words[:n])))
+    for _ in range(3):  # typing repeated while nothing changed
+        await voice.send(Typing(conversation_id=cid))
+    seen: list[InputEvent] = []
+    typing: list[TypingEvent] = []
+    async with asyncio.timeout(5):
+        while not seen or seen[-1].text != " ".join(words):
+            frame = await screen.recv()
+            if isinstance(frame, InputEvent):
+                seen.append(frame)
+            elif isinstance(frame, TypingEvent):
+                typing.append(frame)
+    assert len(seen) <= 10, f"{len(seen)} of 60 partials relayed"
+    assert [p.text for p in seen] == sorted((p.text for p in seen), key=len), "in order"
+    await screen.send(Ping(id="after"))
+    _, rest = await screen.until(Pong)
+    typing += [f for f in rest if isinstance(f, TypingEvent)]
+    assert len(typing) == 1
+    await voice.close()
+    await screen.close()
+
+
 async def test_partial_input_is_relayed_not_stored_and_final_commits(
     server: RunningServer, db: async_sessionmaker[AsyncSession]
 ) -> None:
