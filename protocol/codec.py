@@ -65,7 +65,7 @@ def _explain(data: str | bytes, detail: str, known: frozenset[str]) -> ErrorRepl
     request_id = raw.get("id")
     request_id = request_id if isinstance(request_id, str) and len(request_id) <= 128 else None
     kind = raw.get("type")
-    if kind not in known:
+    if not isinstance(kind, str) or kind not in known:  # a list or object is unhashable
         return ErrorReply(
             ErrorCode.UNKNOWN_TYPE,
             f"unknown message type {kind!r}" if kind is not None else "missing field `type`",

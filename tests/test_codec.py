@@ -155,3 +155,12 @@ def test_schema_descriptions_do_not_depend_on_docstring_indentation() -> None:
     kept = {"A": {"description": "First line.\n    second line.", "x": [{"description": " y"}]}}
     stripped = {"A": {"description": "First line.\nsecond line.", "x": [{"description": "y"}]}}
     assert schema._clean_descriptions(kept) == schema._clean_descriptions(stripped) == stripped
+
+
+@pytest.mark.parametrize("kind", [[1], {"a": 1}, 3, None, True])
+def test_a_type_that_is_not_a_string_is_unknown_type(kind: object) -> None:
+    # Found by tests/test_fuzz.py: a list as `type` raised TypeError (internal).
+    with pytest.raises(ErrorReply) as raised:
+        codec.decode_client(orjson.dumps({"type": kind, "id": "k"}))
+    assert raised.value.code == ErrorCode.UNKNOWN_TYPE
+    assert raised.value.request_id == "k"

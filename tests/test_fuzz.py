@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -111,7 +112,10 @@ def other_conversation(server: RunningServer) -> str:
 
 
 @settings(
-    max_examples=60,
+    # FUZZ_EXAMPLES=2000 for a deep run. CI replays the same examples every time (a red
+    # CI blocks everyone); a local run explores new ones.
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
+    derandomize=bool(os.environ.get("CI")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
