@@ -24,7 +24,8 @@ $(UV):
 	@test -x $(BIN)/python || $(PY) -m venv --without-pip $(VENV)
 	@if $(PY) -m pip --version >/dev/null 2>&1; then pip="$(PY) -m pip"; \
 	else $(PY) -m venv $(VENV)/bootstrap && pip="$(VENV)/bootstrap/bin/python -m pip"; fi; \
-	$$pip --isolated --disable-pip-version-check install -q --target $(VENV)/uv uv==$(UV_VERSION)
+	$$pip --isolated --disable-pip-version-check install --root-user-action=ignore -q \
+		--target $(VENV)/uv uv==$(UV_VERSION)
 
 # --inexact: a `make run` after `make test` keeps the dev tools instead of removing them.
 $(VENV)/.run-installed: uv.lock $(UV)

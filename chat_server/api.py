@@ -25,12 +25,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from chat_server import router
+from chat_server.errors import HTTP_STATUS, ChatError
 from chat_server.router.embedding import phrases
-from chat_server.session import Runtime
+from chat_server.runtime import Runtime
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
 from chat_server.turns import message_info
-from protocol.errors import Disconnect, ErrorReply
 from protocol.messages import MAX_SEQ, MessageInfo
 
 PREFIX = "/api/v1"
@@ -267,10 +267,7 @@ async def _caller(request: Request) -> Caller:
     runtime: Runtime = request.app.state.runtime
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    try:
-        subject = runtime.auth.subject(token)
-    except Disconnect as exc:
-        raise ApiError(401, "unauthorized", exc.reason) from None
+    subject = runtime.auth.subject(token)  # ChatError(unauthorized): 401
     return Caller(runtime, await runtime.users.resolve(subject), request)
 
 
@@ -538,18 +535,15 @@ async def dry_run(c: Caller) -> Response:
             if conversation is None:
                 raise _not_found("conversation")
             default = conversation.default_assistant_id
-        try:
-            decision = await router.route(
-                s,
-                owner_id=c.user_id,
-                text=body.text,
-                vector=vector,
-                embedder=turns.embedder.name,
-                default_assistant_id=default,
-                explicit_assistant_id=body.assistant_id,
-            )
-        except ErrorReply as exc:
-            raise ApiError(404, "not_found", exc.message) from None
+        decision = await router.route(
+            s,
+            owner_id=c.user_id,
+            text=body.text,
+            vector=vector,
+            embedder=turns.embedder.name,
+            default_assistant_id=default,
+            explicit_assistant_id=body.assistant_id,
+        )
     a = decision.analysis
     return _json(
         RouteOut(
@@ -781,6 +775,8 @@ def _endpoint(handlers: dict[str, Endpoint]) -> Callable[[Request], Awaitable[Re
             return await endpoint.handler(await _caller(request))
         except ApiError as exc:
             return _json(exc.body, exc.status)
+        except ChatError as exc:  # the domain's errors, mapped once (chat_server.errors)
+            return _json(ErrorOut(error=exc.code.value, message=exc.message), HTTP_STATUS[exc.code])
 
     return serve
 

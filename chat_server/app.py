@@ -31,7 +31,7 @@ from chat_server.llm.simulator import LoopbackSimulator, SimConfig
 from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore, PresenceTracker
 from chat_server.presence.memory import MemoryPresence
 from chat_server.router.embedding import DIM, Embedder, HashingEmbedder
-from chat_server.session import Drain, Runtime
+from chat_server.runtime import Drain, Runtime
 from chat_server.storage.db import make_engine, make_sessionmaker
 from chat_server.storage.users import UserIds
 from chat_server.turns import Turns, reembed

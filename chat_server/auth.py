@@ -9,7 +9,8 @@ from __future__ import annotations
 import jwt
 
 from chat_server.config import Secret
-from protocol.errors import CloseCode, Disconnect
+from chat_server.errors import ChatError
+from protocol.errors import ErrorCode
 
 _MAX_SUBJECT = 200
 
@@ -27,7 +28,7 @@ class Authenticator:
             subject = token or "dev"
         else:
             if not token:
-                raise Disconnect(CloseCode.UNAUTHORIZED, "token required")
+                raise ChatError(ErrorCode.UNAUTHORIZED, "token required")
             try:
                 claims = jwt.decode(
                     token,
@@ -36,8 +37,8 @@ class Authenticator:
                     options={"require": ["sub", "exp"]},
                 )
             except jwt.PyJWTError as exc:
-                raise Disconnect(CloseCode.UNAUTHORIZED, f"invalid token: {exc}") from None
+                raise ChatError(ErrorCode.UNAUTHORIZED, f"invalid token: {exc}") from None
             subject = str(claims["sub"])
         if not subject or len(subject) > _MAX_SUBJECT or "\x00" in subject:
-            raise Disconnect(CloseCode.UNAUTHORIZED, "invalid user id")
+            raise ChatError(ErrorCode.UNAUTHORIZED, "invalid user id")
         return subject

@@ -8,7 +8,7 @@ from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from chat_server.session import Runtime
+from chat_server.runtime import Runtime
 from protocol.schema import SCHEMA_PATH
 
 _INDEX = """<!doctype html>

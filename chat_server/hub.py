@@ -70,6 +70,19 @@ class Event(msgspec.Struct, kw_only=True):
             event.supersedes = f"typing:{message.session_id}"
         return event
 
+    def with_text(self, offset: int, text: str, *, encoded: bool = True) -> Event:
+        """This delta event with other text (trimmed or merged); its frame re-encoded,
+        or left empty to be encoded when sent (``encoded=False``)."""
+        assert self.conversation_id is not None
+        assert self.turn_id is not None
+        new = msgspec.structs.replace(self, offset=offset, text=text, frame="")
+        if encoded:
+            delta = Delta(
+                conversation_id=self.conversation_id, turn_id=self.turn_id, offset=offset, text=text
+            )
+            new.frame = encode(delta).decode()
+        return new
+
     @classmethod
     def reply(cls, message: msgspec.Struct) -> Event:
         """A frame for one session only (ack, error, joined, ...)."""

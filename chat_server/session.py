@@ -14,8 +14,6 @@ session never touches Starlette: ``ws.py`` hands it a ``Transport``.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import enum
 import logging
 import re
@@ -26,19 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat_server.auth import Authenticator
-from chat_server.bus import Bus
-from chat_server.config import Settings
-from chat_server.hub import Event, Hub
+from chat_server.errors import CLOSES, ChatError
+from chat_server.hub import Event
 from chat_server.inflight import InflightTurn
-from chat_server.presence import Device, PresenceTracker
+from chat_server.outbox import Outbox
+from chat_server.presence import Device
+from chat_server.runtime import Runtime
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
-from chat_server.storage.users import UserIds
-from chat_server.turns import Prepared, Turns, message_info
-from protocol import decode_client, decode_server, encode
+from chat_server.turns import Prepared, message_info
+from protocol import decode_client, decode_server
 from protocol.errors import RETRYABLE, CloseCode, Disconnect, ErrorCode, ErrorReply
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -48,7 +44,6 @@ from protocol.messages import (
     ConversationInfo,
     Delta,
     Error,
-    GoAway,
     Hello,
     History,
     HistoryPage,
@@ -94,54 +89,6 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
-class Drain:
-    """This replica's live sessions, and the graceful drain run on SIGTERM."""
-
-    def __init__(self) -> None:
-        self.sessions: set[Session] = set()
-        self.draining = False
-        self._empty = asyncio.Event()
-
-    def add(self, session: Session) -> None:
-        self.sessions.add(session)
-        self._empty.clear()
-
-    def remove(self, session: Session) -> None:
-        self.sessions.discard(session)
-        if not self.sessions:
-            self._empty.set()
-
-    async def run(self, turns: Turns, timeout_s: float) -> None:
-        """Fail readiness, tell every client to go away, let running replies finish
-        (clients that moved still get their tokens through the bus), close with 1012."""
-        self.draining = True
-        for session in tuple(self.sessions):
-            session.reply(GoAway(reconnect_after_ms=0))
-        if not await turns.drain(timeout_s):
-            log.warning("drain: replies still running after %ss; they end as errors", timeout_s)
-        for session in tuple(self.sessions):
-            session.request_close(CloseCode.SERVICE_RESTART, "server restarting", flush=True)
-        if self.sessions:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await self._empty.wait()
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """The shared parts every session uses, wired once in ``create_app``."""
-
-    settings: Settings
-    db: async_sessionmaker[AsyncSession]
-    hub: Hub
-    turns: Turns
-    auth: Authenticator
-    bus: Bus
-    drain: Drain
-    presence: PresenceTracker
-    users: UserIds
-
-
 class SessionState(enum.Enum):
     AWAITING_HELLO = "awaiting_hello"
     READY = "ready"
@@ -185,9 +132,9 @@ class Session:
         self.subject = ""
         self._rt = runtime
         self._transport = transport
-        self._outbox: collections.deque[Event] = collections.deque()
-        self._outbox_bytes = 0
-        self._superseding: dict[str, Event] = {}  # queued live events by their source
+        self.outbox = Outbox(
+            max_frames=runtime.settings.outbox_frames, max_bytes=runtime.settings.outbox_bytes
+        )
         self._wake = asyncio.Event()
         self._close: tuple[int, str] | None = None
         self._joined: dict[uuid.UUID, _Joined] = {}
@@ -211,14 +158,14 @@ class Session:
             message = decode_client(data)
             request_id = getattr(message, "id", None)
             await self._dispatch(message)
+        except ChatError as exc:
+            if exc.code in CLOSES:
+                raise Disconnect(CLOSES[exc.code], exc.message) from None
+            self.reply(_error_frame(exc.code, exc.message, request_id, exc.retry_after_ms))
         except ErrorReply as exc:
             self.reply(
-                Error(
-                    id=exc.request_id or request_id,
-                    code=exc.code,
-                    message=exc.message,
-                    retryable=RETRYABLE[exc.code],
-                    retry_after_ms=exc.retry_after_ms,
+                _error_frame(
+                    exc.code, exc.message, exc.request_id or request_id, exc.retry_after_ms
                 )
             )
         except Disconnect:
@@ -371,7 +318,7 @@ class Session:
         async with self._rt.db.begin() as s:
             conversation = await queries.get_conversation(s, self._owner, conversation_id)
             if conversation is None:  # not there, or someone else's
-                raise ErrorReply(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
+                raise ChatError(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
             rows = (
                 await queries.messages_after(s, conversation_id, join.after_seq, limit + 1)
                 if join.after_seq is not None
@@ -600,7 +547,7 @@ class Session:
             turn_id = await self._rt.turns.cancel(
                 message.conversation_id, None, message.heard_chars
             )
-        except ErrorReply:  # nothing streaming: nothing to interrupt
+        except ChatError:  # nothing streaming: nothing to interrupt
             return False
         return await self._rt.turns.wait_finished(turn_id, INTERRUPT_WAIT_S)
 
@@ -627,7 +574,7 @@ class Session:
     async def _history(self, message: History) -> None:
         async with self._rt.db.begin() as s:
             if await queries.get_conversation(s, self._owner, message.conversation_id) is None:
-                raise ErrorReply(
+                raise ChatError(
                     ErrorCode.NOT_FOUND, f"conversation {message.conversation_id} not found"
                 )
             rows, has_more = await queries.history_page(
@@ -697,7 +644,7 @@ class Session:
             if end <= have:
                 return
             if event.offset < have:
-                event = _delta_event(event, have, event.text[have - event.offset :])
+                event = event.with_text(have, event.text[have - event.offset :])
             self._offsets[turn_id] = end
             if self.options.speech_chunks:
                 self._speak(event)
@@ -755,46 +702,17 @@ class Session:
     def _enqueue(self, event: Event) -> None:
         if self._close is not None:
             return
-        if event.kind == "delta" and self._outbox:
-            last = self._outbox[-1]
-            if (
-                last.kind == "delta"
-                and last.turn_id == event.turn_id
-                and last.offset + len(last.text) == event.offset
-            ):
-                # Behind on this reply already: one frame for both, encoded when sent.
-                merged = _delta_event(last, last.offset, last.text + event.text, "")
-                self._outbox[-1] = merged
-                self._grow(_size(merged) - _size(last))
-                return
-        queued = self._superseding.get(event.supersedes) if event.supersedes else None
-        if queued is not None:
-            # A newer partial transcript (or typing state) makes the queued one moot.
-            self._grow(len(event.frame) - len(queued.frame))
-            queued.frame = event.frame
-            return
-        if len(self._outbox) >= self._rt.settings.outbox_frames:
+        if not self.outbox.push(event):
             self.request_close(CloseCode.SLOW_CONSUMER, "client is not reading fast enough")
             return
-        if event.supersedes:
-            self._superseding[event.supersedes] = event
-        self._outbox.append(event)
-        self._grow(_size(event))
         self._wake.set()
-
-    def _grow(self, size: int) -> None:
-        self._outbox_bytes += size
-        if self._outbox_bytes > self._rt.settings.outbox_bytes:
-            self.request_close(CloseCode.SLOW_CONSUMER, "client is not reading fast enough")
 
     def request_close(self, code: CloseCode, reason: str, *, flush: bool = False) -> None:
         """Close after the frames already queued (``flush``) or right away."""
         if self._close is not None:
             return
         if not flush:
-            self._outbox.clear()
-            self._superseding.clear()
-            self._outbox_bytes = 0
+            self.outbox.clear()
         self.state = SessionState.CLOSING
         self._close = (code.value, reason.encode()[:123].decode(errors="ignore"))
         self._wake.set()
@@ -802,13 +720,7 @@ class Session:
     async def run_writer(self) -> None:
         """The only task that writes to the socket; returns after closing it."""
         while True:
-            while self._outbox:
-                event = self._outbox.popleft()
-                self._outbox_bytes -= _size(event)
-                if event.supersedes:
-                    self._superseding.pop(event.supersedes, None)
-                if not event.frame:
-                    event.frame = encode(_delta(event)).decode()
+            while (event := self.outbox.pop()) is not None:
                 await self._transport.send_text(event.frame)
             if self._close is not None:
                 await self._transport.close(*self._close)
@@ -829,9 +741,16 @@ class Session:
             await self._leave(conversation_id)
 
 
-def _size(event: Event) -> int:
-    # A merged delta is encoded only when sent: its text plus a frame's worth of fields.
-    return len(event.frame) if event.frame else len(event.text) + 200
+def _error_frame(
+    code: ErrorCode, message: str, request_id: str | None, retry_after_ms: int | None
+) -> Error:
+    return Error(
+        id=request_id,
+        code=code,
+        message=message,
+        retryable=RETRYABLE[code],
+        retry_after_ms=retry_after_ms,
+    )
 
 
 def _consume_exception(task: asyncio.Task[Prepared]) -> None:
@@ -843,20 +762,3 @@ def _start(turn: InflightTurn) -> TurnStart:
     start = decode_server(turn.start)
     assert isinstance(start, TurnStart)
     return start
-
-
-def _delta(event: Event) -> Delta:
-    assert event.conversation_id is not None
-    assert event.turn_id is not None
-    return Delta(
-        conversation_id=event.conversation_id,
-        turn_id=event.turn_id,
-        offset=event.offset,
-        text=event.text,
-    )
-
-
-def _delta_event(event: Event, offset: int, text: str, frame: str | None = None) -> Event:
-    new = msgspec.structs.replace(event, offset=offset, text=text, frame="")
-    new.frame = encode(_delta(new)).decode() if frame is None else frame
-    return new

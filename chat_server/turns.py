@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chat_server import router
 from chat_server.bus import Bus
 from chat_server.config import Settings
+from chat_server.errors import ChatError
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.llm import ChatTurn, LLMError, LLMProvider, LLMRequest
@@ -35,7 +36,7 @@ from chat_server.storage import queries
 from chat_server.storage.models import Conversation
 from chat_server.storage.models import Message as MessageRow
 from protocol import decode_server, encode
-from protocol.errors import ErrorCode, ErrorReply
+from protocol.errors import ErrorCode
 from protocol.messages import (
     AssistantRef,
     Delta,
@@ -217,12 +218,12 @@ class Turns:
         With ``prepared`` (and no explicit assistant) the route is not worked out again,
         and if nothing was stored in between, neither is the history."""
         if len(text) > self._settings.max_text_chars:
-            raise ErrorReply(
+            raise ChatError(
                 ErrorCode.TEXT_TOO_LONG,
                 f"text is {len(text)} characters; the limit is {self._settings.max_text_chars}",
             )
         if not text.strip():
-            raise ErrorReply(ErrorCode.BAD_MESSAGE, "text must not be empty")
+            raise ChatError(ErrorCode.BAD_MESSAGE, "text must not be empty")
         if assistant_id is not None or (prepared and prepared.conversation_id != conversation_id):
             prepared = None
         vector = None if prepared or assistant_id else await self.embed_turn(text)
@@ -275,7 +276,7 @@ class Turns:
         """The caller's conversation (else not_found) and the router's decision in it."""
         conversation = await queries.get_conversation(s, owner_id, conversation_id)
         if conversation is None:
-            raise ErrorReply(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
+            raise ChatError(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
         decision = await router.route(
             s,
             owner_id=owner_id,
@@ -318,7 +319,7 @@ class Turns:
             if isinstance(start, TurnStart) and (turn_id is None or t.turn_id == turn_id)
         ]
         if not candidates:
-            raise ErrorReply(ErrorCode.NO_ACTIVE_TURN, "no reply is streaming to cancel")
+            raise ChatError(ErrorCode.NO_ACTIVE_TURN, "no reply is streaming to cancel")
         target = max(candidates, key=lambda c: c[0])[1]
         local = self._active.get(target.turn_id)
         if local is not None:
@@ -455,7 +456,12 @@ class Turns:
         try:
             finish, usage = await self._generate(turn)
         except LLMError as exc:
-            error = ErrorInfo(code=exc.code, message=exc.message, retryable=True)
+            error = ErrorInfo(
+                code=exc.code,
+                message=exc.message,
+                retryable=True,
+                retry_after_ms=exc.retry_after_ms,
+            )
             if exc.code == ErrorCode.LLM_REJECTED:
                 error.retryable = False
         except TimeoutError:

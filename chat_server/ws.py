@@ -14,7 +14,8 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chat_server.config import Settings
-from chat_server.session import Drain, Runtime, Session, SessionState
+from chat_server.runtime import Drain, Runtime
+from chat_server.session import Session, SessionState
 from protocol.errors import CloseCode, Disconnect
 
 log = logging.getLogger(__name__)

@@ -231,6 +231,7 @@ class ErrorInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     code: str
     message: str
     retryable: bool = False
+    retry_after_ms: int | None = None  # when the model said how long to wait (a 429)
 
 
 class MessageInfo(msgspec.Struct, omit_defaults=True, kw_only=True):

@@ -11,7 +11,8 @@ import pytest
 from chat_server.config import Settings
 from chat_server.hub import Event
 from chat_server.inflight.memory import MemoryInflight
-from chat_server.session import Runtime, Session, SessionState, _Joined
+from chat_server.runtime import Runtime
+from chat_server.session import Session, SessionState, _Joined
 from protocol import decode_server, encode
 from protocol.errors import CloseCode
 from protocol.messages import (
@@ -101,7 +102,7 @@ async def test_deltas_queued_behind_a_slow_socket_merge_into_one_frame() -> None
     await transport.waiting.wait()  # the writer holds the first frame
     for offset, text in [(3, "lo"), (5, ", "), (7, "wor"), (10, "ld")]:
         session.deliver(delta(offset, text))
-    assert len(session._outbox) == 1
+    assert len(session.outbox) == 1
     session.request_close(CloseCode.NORMAL, "", flush=True)
     transport.gate.set()
     await asyncio.wait_for(writer, 5)
@@ -118,7 +119,7 @@ async def test_a_client_that_falls_too_far_behind_is_closed_as_slow_consumer() -
     for seq in range(2, 10):
         session.deliver(message(seq))
     assert session.state is SessionState.CLOSING
-    assert not session._outbox, "queued frames are dropped; the client resumes with after_seq"
+    assert not session.outbox, "queued frames are dropped; the client resumes with after_seq"
     transport.gate.set()
     await asyncio.wait_for(writer, 5)
     assert transport.closed is not None
@@ -141,7 +142,7 @@ async def test_a_newer_partial_replaces_the_queued_one_from_the_same_source() ->
     for n in range(2, 500):  # 500 partials of up to 2 KB: no bound is reached
         session.deliver(partial("u1", "c" * (n * 4)))
     session.deliver(partial("u1", "done", final=True))  # a final one is never replaced
-    assert len(session._outbox) == 2
+    assert len(session.outbox) == 2
     assert session.state is SessionState.READY
     session.request_close(CloseCode.NORMAL, "", flush=True)
     transport.gate.set()
@@ -151,7 +152,7 @@ async def test_a_newer_partial_replaces_the_queued_one_from_the_same_source() ->
         ("c" * 499 * 4, False),
         ("done", True),
     ]
-    assert session._outbox_bytes == 0
+    assert session.outbox.bytes == 0
 
 
 async def test_a_stalled_reader_is_bounded_in_bytes_not_only_frames() -> None:
@@ -180,11 +181,11 @@ async def test_merged_deltas_keep_the_byte_count_exact() -> None:
     await transport.waiting.wait()
     for offset in range(1, 200):
         session.deliver(delta(offset, "b"))
-    assert 0 < session._outbox_bytes < 1000
+    assert 0 < session.outbox.bytes < 1000
     session.request_close(CloseCode.NORMAL, "", flush=True)
     transport.gate.set()
     await asyncio.wait_for(writer, 5)
-    assert session._outbox_bytes == 0
+    assert session.outbox.bytes == 0
 
 
 async def test_overlapping_deltas_are_trimmed_to_the_new_text() -> None:
@@ -209,7 +210,7 @@ async def test_events_of_conversations_not_joined_are_ignored() -> None:
     session = ready_session(transport)
     other = Event.of(Delta(conversation_id=uuid.uuid4(), turn_id=TURN, offset=0, text="x"))
     session.deliver(other)
-    assert not session._outbox
+    assert not session.outbox
 
 
 async def test_a_delta_ahead_of_the_sent_text_is_repaired_from_shared_state() -> None:

@@ -412,6 +412,7 @@ async def test_a_429_after_retries_is_rate_limited_even_with_a_short_stall_bound
     assert isinstance(end, TurnEnd)
     assert end.error is not None
     assert (end.finish_reason, end.error.code) == ("error", "llm_rate_limited")
+    assert end.error.retry_after_ms == 1000, "the model's wait reaches the client"
     await client.close()
 
 

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from chat_server.errors import ChatError
 from chat_server.llm import ChatTurn
 from chat_server.router.analysis import Analysis, analyse, estimate_tokens
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant
-from protocol.errors import ErrorCode, ErrorReply
+from protocol.errors import ErrorCode
 
 CANDIDATES = 5  # nearest skills looked at (and reported by a dry run)
 
@@ -122,10 +123,10 @@ async def route(
     reason, why = choice.reason, choice.why
     if assistant is None:
         if explicit_assistant_id is not None:
-            raise ErrorReply(ErrorCode.NOT_FOUND, f"assistant {explicit_assistant_id} not found")
+            raise ChatError(ErrorCode.NOT_FOUND, f"assistant {explicit_assistant_id} not found")
         assistant = await queries.first_assistant(s, owner_id)
         if assistant is None:
-            raise ErrorReply(ErrorCode.NOT_FOUND, "this user has no assistant to answer")
+            raise ChatError(ErrorCode.NOT_FOUND, "this user has no assistant to answer")
         reason, why = "fallback", why + " (none set: the first assistant answers)"
     model, model_why = pick_model(assistant, analysis)
     return Decision(

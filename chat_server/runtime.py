@@ -1,0 +1,76 @@
+"""The shared parts of a replica that sessions and the HTTP layers use, wired once in
+``create_app``; and the drain run on SIGTERM. Imports no Starlette: ``ws``, ``api`` and
+``http`` reach the runtime from here without importing the session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat_server.auth import Authenticator
+from chat_server.bus import Bus
+from chat_server.config import Settings
+from chat_server.hub import Hub
+from chat_server.presence import PresenceTracker
+from chat_server.storage.users import UserIds
+from chat_server.turns import Turns
+from protocol.errors import CloseCode
+from protocol.messages import GoAway
+
+if TYPE_CHECKING:
+    from chat_server.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class Drain:
+    """This replica's live sessions, and the graceful drain run on SIGTERM."""
+
+    def __init__(self) -> None:
+        self.sessions: set[Session] = set()
+        self.draining = False
+        self._empty = asyncio.Event()
+
+    def add(self, session: Session) -> None:
+        self.sessions.add(session)
+        self._empty.clear()
+
+    def remove(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if not self.sessions:
+            self._empty.set()
+
+    async def run(self, turns: Turns, timeout_s: float) -> None:
+        """Fail readiness, tell every client to go away, let running replies finish
+        (clients that moved still get their tokens through the bus), close with 1012."""
+        self.draining = True
+        for session in tuple(self.sessions):
+            session.reply(GoAway(reconnect_after_ms=0))
+        if not await turns.drain(timeout_s):
+            log.warning("drain: replies still running after %ss; they end as errors", timeout_s)
+        for session in tuple(self.sessions):
+            session.request_close(CloseCode.SERVICE_RESTART, "server restarting", flush=True)
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._empty.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The shared parts every session uses, wired once in ``create_app``."""
+
+    settings: Settings
+    db: async_sessionmaker[AsyncSession]
+    hub: Hub
+    turns: Turns
+    auth: Authenticator
+    bus: Bus
+    drain: Drain
+    presence: PresenceTracker
+    users: UserIds
