@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chat_server import router
+from chat_server import conversations
 from chat_server.errors import HTTP_STATUS, ChatError
 from chat_server.router.embedding import phrases
 from chat_server.runtime import Runtime
@@ -485,17 +485,16 @@ async def list_conversations(c: Caller) -> Response:
 async def create_conversation(c: Caller) -> Response:
     body = _decode(ConversationIn, await c.request.body())
     async with c.db() as s:
-        created = await queries.new_conversation(
+        created = await conversations.create(
             s, c.user_id, title=body.title, assistant_id=body.assistant_id
         )
-        if created is None:
-            raise _not_found("assistant")
         await s.refresh(created)
         return _json(_conversation_out(created), 201)
 
 
 async def _own_conversation(s: AsyncSession, c: Caller) -> Conversation:
-    return await _owned(s, c, "conversation", queries.get_conversation)
+    conversation_id = _uuid(c.request.path_params["conversation_id"], "conversation")
+    return await conversations.owned(s, c.user_id, conversation_id)
 
 
 async def get_conversation(c: Caller) -> Response:
@@ -514,9 +513,9 @@ async def list_messages(c: Caller) -> Response:
     before_seq = BEFORE_SEQ.integer(c.request)
     assert limit is not None
     async with c.db() as s:
-        conversation = await _own_conversation(s, c)
-        rows, has_more = await queries.history_page(
-            s, conversation.id, before_seq=before_seq, limit=limit
+        conversation_id = _uuid(c.request.path_params["conversation_id"], "conversation")
+        rows, has_more = await conversations.history(
+            s, c.user_id, conversation_id, before_seq=before_seq, limit=limit
         )
     return _json(MessagePage(messages=[message_info(r) for r in rows], has_more=has_more))
 
@@ -529,20 +528,14 @@ async def dry_run(c: Caller) -> Response:
     turns = c.runtime.turns
     vector = None if body.assistant_id else await turns.embed_turn(body.text)
     async with c.db() as s:
-        default = None
-        if body.conversation_id is not None:
-            conversation = await queries.get_conversation(s, c.user_id, body.conversation_id)
-            if conversation is None:
-                raise _not_found("conversation")
-            default = conversation.default_assistant_id
-        decision = await router.route(
+        _, decision = await conversations.route(
             s,
-            owner_id=c.user_id,
+            c.user_id,
+            body.conversation_id,
             text=body.text,
             vector=vector,
             embedder=turns.embedder.name,
-            default_assistant_id=default,
-            explicit_assistant_id=body.assistant_id,
+            assistant_id=body.assistant_id,
         )
     a = decision.analysis
     return _json(

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from chat_server import conversations
 from chat_server.errors import CLOSES, ChatError
 from chat_server.hub import Event
 from chat_server.inflight import InflightTurn
@@ -272,12 +273,8 @@ class Session:
             )
         if join.create is not None:
             async with self._rt.db.begin() as s:
-                created = await queries.new_conversation(
+                created = await conversations.create(
                     s, self._owner, title=join.create.title, assistant_id=join.create.assistant_id
-                )
-            if created is None:
-                raise ErrorReply(
-                    ErrorCode.NOT_FOUND, f"assistant {join.create.assistant_id} not found"
                 )
             conversation_id = created.id
         else:
@@ -316,9 +313,7 @@ class Session:
         subscription is live before anything is read, so nothing falls in between."""
         limit = self._rt.settings.replay_limit
         async with self._rt.db.begin() as s:
-            conversation = await queries.get_conversation(s, self._owner, conversation_id)
-            if conversation is None:  # not there, or someone else's
-                raise ChatError(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
+            conversation = await conversations.owned(s, self._owner, conversation_id)
             rows = (
                 await queries.messages_after(s, conversation_id, join.after_seq, limit + 1)
                 if join.after_seq is not None
@@ -573,12 +568,12 @@ class Session:
 
     async def _history(self, message: History) -> None:
         async with self._rt.db.begin() as s:
-            if await queries.get_conversation(s, self._owner, message.conversation_id) is None:
-                raise ChatError(
-                    ErrorCode.NOT_FOUND, f"conversation {message.conversation_id} not found"
-                )
-            rows, has_more = await queries.history_page(
-                s, message.conversation_id, before_seq=message.before_seq, limit=message.limit
+            rows, has_more = await conversations.history(
+                s,
+                self._owner,
+                message.conversation_id,
+                before_seq=message.before_seq,
+                limit=message.limit,
             )
         self.reply(
             HistoryPage(

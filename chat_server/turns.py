@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat_server import router
+from chat_server import conversations, router
 from chat_server.bus import Bus
 from chat_server.config import Settings
 from chat_server.errors import ChatError
@@ -274,18 +274,16 @@ class Turns:
         assistant_id: uuid.UUID | None,
     ) -> tuple[Conversation, router.Decision]:
         """The caller's conversation (else not_found) and the router's decision in it."""
-        conversation = await queries.get_conversation(s, owner_id, conversation_id)
-        if conversation is None:
-            raise ChatError(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
-        decision = await router.route(
+        conversation, decision = await conversations.route(
             s,
-            owner_id=owner_id,
+            owner_id,
+            conversation_id,
             text=text,
             vector=vector,
             embedder=self.embedder.name,
-            default_assistant_id=conversation.default_assistant_id,
-            explicit_assistant_id=assistant_id,
+            assistant_id=assistant_id,
         )
+        assert conversation is not None
         return conversation, decision
 
     async def start(self, stored: queries.StoredTurn, turn: ActiveTurn) -> None:
