@@ -20,13 +20,14 @@ import re
 import time
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
 
 from chat_server import conversations
 from chat_server.errors import CLOSES, ChatError
+from chat_server.feed import FINISHED_MEMORY, ConversationFeed, FeedState, Replies
 from chat_server.hub import Event
 from chat_server.inflight import InflightTurn
 from chat_server.outbox import Outbox
@@ -70,7 +71,6 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 MAX_JOINED = 64  # conversations one connection may join at once
-FINISHED_MEMORY = 256  # recently finished turns remembered, to drop their late events
 PREPARED_FRESH_S = 5.0  # a route/history prepared from partials is reused this long
 INTERRUPT_WAIT_S = 2.0  # how long a final input waits for the reply it interrupted to store
 # Live events fan out to every device on every replica: one source relays at most one
@@ -107,24 +107,6 @@ class _Speech:
     timer: asyncio.TimerHandle | None = None
 
 
-@dataclass(eq=False)
-class _Joined:
-    # Live events that arrive while the join replays from Postgres; None once live.
-    buffer: list[Event] | None = field(default_factory=list)
-    floor: int = 0  # every seq <= floor is held by the client (or was not asked for)
-    complete: set[int] = field(default_factory=set)  # seqs above floor already sent
-
-    def seen(self, seq: int) -> bool:
-        return seq <= self.floor or seq in self.complete
-
-    def mark(self, seq: int) -> None:
-        if seq > self.floor:
-            self.complete.add(seq)
-            while self.floor + 1 in self.complete:
-                self.floor += 1
-                self.complete.discard(self.floor)
-
-
 class Session:
     def __init__(self, runtime: Runtime, transport: Transport) -> None:
         self.id = uuid.uuid4().hex
@@ -138,9 +120,8 @@ class Session:
         )
         self._wake = asyncio.Event()
         self._close: tuple[int, str] | None = None
-        self._joined: dict[uuid.UUID, _Joined] = {}
-        self._offsets: dict[uuid.UUID, int] = {}  # turn_id → reply chars already queued
-        self._finished: dict[uuid.UUID, None] = {}  # ordered set, FINISHED_MEMORY newest
+        self._joined: dict[uuid.UUID, ConversationFeed] = {}
+        self._replies = Replies()  # how much of each reply was queued, across feeds
         self._repairing: set[uuid.UUID] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.options = SessionOptions()
@@ -281,11 +262,13 @@ class Session:
             assert join.conversation_id is not None
             conversation_id = join.conversation_id
         await self._leave(conversation_id)  # a repeated join starts over
-        state = self._joined[conversation_id] = _Joined()
+        state = self._joined[conversation_id] = ConversationFeed(
+            conversation_id, self._replies, buffer_limit=self._rt.settings.outbox_frames
+        )
         for turn_id, held in (join.offsets or {}).items():
-            self._offsets[turn_id] = held  # the client has this much of a streaming reply
+            self._replies.offsets[turn_id] = held  # the client has this much of a reply
         # Subscribe first, then check and read in one transaction: events published
-        # meanwhile wait in ``state.buffer``, and nothing is sent before the check passed.
+        # meanwhile wait in the feed (REPLAYING), and nothing is sent before the check.
         await self._rt.hub.join(conversation_id, self)
         try:
             await self._replay(join, conversation_id, state)
@@ -293,8 +276,6 @@ class Session:
             self._joined.pop(conversation_id, None)
             await self._rt.hub.leave(conversation_id, self)
             raise
-        finally:
-            state.buffer = None
         try:
             await self._rt.presence.enter(conversation_id, self.device)
         except Exception:  # presence is best effort (Redis away); the refresh re-adds it
@@ -307,7 +288,9 @@ class Session:
     def joined_conversations(self) -> list[uuid.UUID]:
         return list(self._joined)
 
-    async def _replay(self, join: Join, conversation_id: uuid.UUID, state: _Joined) -> None:
+    async def _replay(
+        self, join: Join, conversation_id: uuid.UUID, state: ConversationFeed
+    ) -> None:
         """Send joined, the stored events after ``after_seq``, the replies still streaming,
         then the live events that arrived meanwhile, each exactly once. The hub
         subscription is live before anything is read, so nothing falls in between."""
@@ -351,7 +334,7 @@ class Session:
             self._accept_rows(conversation_id, rows)
         for turn in running:
             self._catch_up(turn)
-        for event in state.buffer or ():
+        for event in state.go_live():
             self._accept(event)
 
     def _accept_rows(self, conversation_id: uuid.UUID, rows: list[MessageRow]) -> None:
@@ -401,8 +384,8 @@ class Session:
 
     def resync(self, conversation_id: uuid.UUID) -> None:
         """Called by the hub after the bus reconnected: events may have been lost."""
-        joined = self._joined.get(conversation_id)
-        if joined is not None and joined.buffer is None and self.state is SessionState.READY:
+        feed = self._joined.get(conversation_id)
+        if feed is not None and feed.state is FeedState.LIVE and self.state is SessionState.READY:
             self._spawn(self._resync(conversation_id))
 
     async def _resync(self, conversation_id: uuid.UUID) -> None:
@@ -594,59 +577,31 @@ class Session:
         """Called by the hub for every event of a joined conversation; never blocks."""
         if self.state is not SessionState.READY or event.conversation_id is None:
             return
-        joined = self._joined.get(event.conversation_id)
-        if joined is None:
+        feed = self._joined.get(event.conversation_id)
+        if feed is None:
             return
-        if joined.buffer is not None:
-            if len(joined.buffer) >= self._rt.settings.outbox_frames:
+        if feed.state is FeedState.REPLAYING:
+            if not feed.hold(event):
                 self.request_close(CloseCode.SLOW_CONSUMER, "too many events during join")
-                return
-            joined.buffer.append(event)
             return
         self._accept(event)
 
     def _accept(self, event: Event) -> None:
-        """Order-aware intake of a conversation event. Stored messages go out once (by
-        seq); a reply's text goes out once (deltas trimmed by offset); a delta ahead of
-        the text sent so far is held back and the gap repaired from shared state."""
-        conversation_id, turn_id = event.conversation_id, event.turn_id
-        joined = self._joined.get(conversation_id) if conversation_id else None
-        if joined is None:
+        """A conversation event through its feed (exactly once by seq and offset), then
+        speech chunking and the outbox; a gap the feed found is repaired."""
+        feed = self._joined.get(event.conversation_id) if event.conversation_id else None
+        if feed is None:
             return
-        if event.kind in ("message", "turn_end"):
-            in_progress = turn_id is not None and turn_id in self._offsets
-            if not in_progress and (joined.seen(event.seq) or turn_id in self._finished):
-                return
-            joined.mark(event.seq)
-            if turn_id is not None:
-                self._offsets.pop(turn_id, None)
-                self._finished[turn_id] = None
-                if len(self._finished) > FINISHED_MEMORY:
-                    del self._finished[next(iter(self._finished))]
-        elif event.kind == "turn_start" and turn_id is not None:
-            if turn_id in self._offsets or turn_id in self._finished:
-                return
-            self._offsets[turn_id] = 0
-        elif event.kind == "delta" and turn_id is not None:
-            if turn_id in self._finished:
-                return
-            have = self._offsets.get(turn_id)
-            if have is None or event.offset > have:
-                assert conversation_id is not None
-                self._repair(conversation_id, turn_id)
-                return
-            end = event.offset + len(event.text)
-            if end <= have:
-                return
-            if event.offset < have:
-                event = event.with_text(have, event.text[have - event.offset :])
-            self._offsets[turn_id] = end
-            if self.options.speech_chunks:
-                self._speak(event)
-                return
-        if turn_id is not None and event.kind in ("message", "turn_end"):
-            self._speech_flush(turn_id)
-        self._enqueue(event)
+        accepted = feed.accept(event)
+        if accepted.repair is not None:
+            self._repair(feed.conversation_id, accepted.repair)
+        for out in accepted.events:
+            if out.kind == "delta" and self.options.speech_chunks:
+                self._speak(out)
+                continue
+            if out.turn_id is not None and out.kind in ("message", "turn_end"):
+                self._speech_flush(out.turn_id)
+            self._enqueue(out)
 
     # ------------------------------------------------------------------ speech chunks
 

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from chat_server.config import Settings
+from chat_server.feed import ConversationFeed
 from chat_server.hub import Event
 from chat_server.inflight.memory import MemoryInflight
 from chat_server.runtime import Runtime
-from chat_server.session import Session, SessionState, _Joined
+from chat_server.session import Session, SessionState
 from protocol import decode_server, encode
 from protocol.errors import CloseCode
 from protocol.messages import (
@@ -73,8 +74,10 @@ def ready_session(
     )
     session = Session(runtime, transport)
     session.state = SessionState.READY
-    session._joined[CONV] = _Joined(buffer=None)
-    session._offsets[TURN] = 0  # as if its turn_start had been delivered
+    feed = ConversationFeed(CONV, session._replies, buffer_limit=outbox_frames)
+    feed.go_live()
+    session._joined[CONV] = feed
+    session._replies.offsets[TURN] = 0  # as if its turn_start had been delivered
     return session
 
 
@@ -233,7 +236,7 @@ async def test_a_delta_ahead_of_the_sent_text_is_repaired_from_shared_state() ->
     session.deliver(delta(0, "Hel"))
     session.deliver(delta(7, "wor"))  # "lo, " was lost on the way
     for _ in range(100):
-        if session._offsets.get(TURN) == 10:
+        if session._replies.offsets.get(TURN) == 10:
             break
         await asyncio.sleep(0.01)
     session.deliver(delta(10, "ld"))
