@@ -134,6 +134,7 @@ def create_app(settings: Settings) -> Starlette:
             base_url = await asyncio.to_thread(simulator.start)
             app.state.simulator_url = base_url
         engine = make_engine(database_url)
+        db = make_sessionmaker(engine)
         async with contextlib.AsyncExitStack() as stack:
             if simulator is not None:
                 stack.push_async_callback(asyncio.to_thread, simulator.stop)
@@ -151,7 +152,7 @@ def create_app(settings: Settings) -> Starlette:
                 else HashingEmbedder()
             )
             turns = Turns(
-                db=make_sessionmaker(engine),
+                db=db,
                 hub=hub,
                 bus=bus,
                 inflight=inflight,
@@ -161,17 +162,17 @@ def create_app(settings: Settings) -> Starlette:
             )
             runtime = Runtime(
                 settings=settings,
-                db=make_sessionmaker(engine),
+                db=db,
                 hub=hub,
                 turns=turns,
                 auth=Authenticator(settings.jwt_secret),
                 bus=bus,
                 drain=Drain(),
                 presence=PresenceTracker(presence, hub.publish),
-                users=UserIds(make_sessionmaker(engine), default_model=settings.gemini_model),
+                users=UserIds(db, default_model=settings.gemini_model),
             )
             app.state.runtime = runtime
-            embedded = await reembed(make_sessionmaker(engine), embedder)
+            embedded = await reembed(db, embedder)
             if embedded:
                 log.info("re-embedded %d skills and examples with %s", embedded, embedder.name)
             ended = await turns.sweep()

@@ -19,10 +19,6 @@ class Authenticator:
     def __init__(self, secret: Secret | None) -> None:
         self._secret = secret
 
-    @property
-    def dev_mode(self) -> bool:
-        return self._secret is None
-
     def subject(self, token: str | None) -> str:
         if self._secret is None:
             subject = token or "dev"

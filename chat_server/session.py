@@ -129,7 +129,8 @@ class Session:
         self._relayed: dict[tuple[Any, ...], float] = {}  # live event source → last relay
         self._held: dict[tuple[Any, ...], InputEvent] = {}  # partials waiting for their slot
         self._prepared: dict[uuid.UUID, tuple[float, asyncio.Task[Prepared]]] = {}
-        self._interrupted_by: set[str] = set()  # input ids that already interrupted
+        # Input ids that already interrupted a reply: an ordered set, oldest dropped first.
+        self._interrupted_by: dict[str, None] = {}
 
     # ------------------------------------------------------------------ inbound
 
@@ -518,9 +519,9 @@ class Session:
             return False
         if when is InterruptOn.FINAL and not message.final:
             return False
-        self._interrupted_by.add(message.input_id)
+        self._interrupted_by[message.input_id] = None
         if len(self._interrupted_by) > FINISHED_MEMORY:
-            self._interrupted_by.pop()
+            del self._interrupted_by[next(iter(self._interrupted_by))]
         try:
             turn_id = await self._rt.turns.cancel(
                 message.conversation_id, None, message.heard_chars
