@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 import time
 import uuid
 from collections.abc import Coroutine
@@ -33,6 +32,7 @@ from chat_server.inflight import InflightTurn
 from chat_server.outbox import Outbox
 from chat_server.presence import Device
 from chat_server.runtime import Runtime
+from chat_server.speech import SpeechChunker
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
 from chat_server.turns import Prepared, message_info
@@ -79,10 +79,6 @@ INTERRUPT_WAIT_S = 2.0  # how long a final input waits for the reply it interrup
 PARTIAL_EVERY_S = 0.1
 TYPING_EVERY_S = 1.0
 
-# Where a phrase may end for text-to-speech: Japanese/full-width punctuation at once,
-# English punctuation only when followed by a space (so "3.14" or "e.g" stay whole).
-_PHRASE_END = re.compile(r"[。、！？，．…\n]|[.,;:!?](?:\s+)")
-
 
 class Transport(Protocol):
     async def send_text(self, data: str) -> None: ...
@@ -98,12 +94,9 @@ class SessionState(enum.Enum):
 
 @dataclass(eq=False)
 class _Speech:
-    """A reply's text held back until a phrase ends (speech_chunks)."""
+    """A reply's speech chunker and the timer that flushes it at the maximum wait."""
 
-    conversation_id: uuid.UUID
-    turn_id: uuid.UUID
-    offset: int  # where ``pending`` starts in the reply
-    pending: str = ""
+    chunker: SpeechChunker
     timer: asyncio.TimerHandle | None = None
 
 
@@ -611,44 +604,39 @@ class Session:
         assert event.turn_id is not None
         speech = self._speech.get(event.turn_id)
         if speech is None:
-            speech = _Speech(event.conversation_id, event.turn_id, offset=event.offset)
-            self._speech[event.turn_id] = speech
-        speech.pending += event.text
-        cut = 0
-        for match in _PHRASE_END.finditer(speech.pending):
-            cut = match.end()
-        if cut:
-            self._speech_emit(speech, cut)
-        if speech.pending and speech.timer is None:
+            chunker = SpeechChunker(event.conversation_id, event.turn_id, event.offset)
+            speech = self._speech[event.turn_id] = _Speech(chunker)
+        delta = speech.chunker.push(event.text)
+        if delta is not None:
+            self._speech_send(speech, delta)
+        if speech.chunker.pending and speech.timer is None:
             wait_s = self.options.speech_max_wait_ms / 1000
             speech.timer = asyncio.get_running_loop().call_later(
-                wait_s, self._speech_emit, speech, None
+                wait_s, self._speech_timeout, speech
             )
 
-    def _speech_emit(self, speech: _Speech, cut: int | None) -> None:
-        """Send the pending text up to ``cut`` (all of it at the maximum wait)."""
+    def _speech_timeout(self, speech: _Speech) -> None:
+        speech.timer = None
+        if self._speech.get(speech.chunker.turn_id) is speech:
+            delta = speech.chunker.flush()
+            if delta is not None:
+                self._speech_send(speech, delta)
+
+    def _speech_send(self, speech: _Speech, delta: Delta) -> None:
         if speech.timer is not None:  # what is left starts its own wait
             speech.timer.cancel()
             speech.timer = None
-        cut = len(speech.pending) if cut is None else cut
-        if not cut or self._speech.get(speech.turn_id) is not speech:
-            return
-        text, speech.pending = speech.pending[:cut], speech.pending[cut:]
-        delta = Delta(
-            conversation_id=speech.conversation_id,
-            turn_id=speech.turn_id,
-            offset=speech.offset,
-            text=text,
-        )
-        speech.offset += cut
         self._enqueue(Event.of(delta))
 
     def _speech_flush(self, turn_id: uuid.UUID) -> None:
         """The reply ended: what is still held goes out before its turn_end."""
-        speech = self._speech.get(turn_id)
+        speech = self._speech.pop(turn_id, None)
         if speech is not None:
-            self._speech_emit(speech, None)
-            del self._speech[turn_id]
+            delta = speech.chunker.flush()
+            if speech.timer is not None:
+                speech.timer.cancel()
+            if delta is not None:
+                self._enqueue(Event.of(delta))
 
     def _enqueue(self, event: Event) -> None:
         if self._close is not None:

@@ -238,10 +238,10 @@ async def test_partials_of_another_user_conversation_are_refused(server: Running
 
 
 async def test_phrase_pattern_matches_the_servers() -> None:
-    from chat_server.session import _PHRASE_END
+    from chat_server.speech import PHRASE_END as SERVERS
 
     for text, cut in [("Hello, wor", 7), ("3.14 is", 0), ("はい、そう。で", 6), ("Why? ", 5)]:
-        ends = [m.end() for m in _PHRASE_END.finditer(text)]
+        ends = [m.end() for m in SERVERS.finditer(text)]
         assert (ends[-1] if ends else 0) == cut, text
 
 
