@@ -47,6 +47,18 @@ async def device(server: RunningServer, user: str) -> Client:
     return client
 
 
+async def two_devices(
+    server: RunningServer, title: str | None = None
+) -> tuple[str, Client, Client, uuid.UUID]:
+    """One user's two devices, both joined to a new conversation the first created."""
+    user = new_user()
+    first, second = await device(server, user), await device(server, user)
+    cid = await first.create(title=title) if title else await first.create()
+    await second.send(Join(conversation_id=cid))
+    await second.expect(Joined)
+    return user, first, second, cid
+
+
 async def turn(client: Client, cid: uuid.UUID, text: str, id: str | None = None):  # type: ignore[no-untyped-def]
     """Send a turn; return its ack and every frame up to and including turn_end."""
     await client.send(Send(id=id or uuid.uuid4().hex, conversation_id=cid, text=text))
@@ -78,11 +90,7 @@ async def rows(db: async_sessionmaker[AsyncSession], cid: uuid.UUID) -> list[Mes
 async def test_two_devices_see_the_same_streamed_reply(
     server: RunningServer, db: async_sessionmaker[AsyncSession]
 ) -> None:
-    user = new_user()
-    phone, laptop = await device(server, user), await device(server, user)
-    cid = await phone.create(title="plans")
-    await laptop.send(Join(conversation_id=cid))
-    await laptop.expect(Joined)
+    _, phone, laptop, cid = await two_devices(server, title="plans")
 
     ack, phone_frames = await turn(phone, cid, "hello team")
     laptop_end, laptop_frames = await laptop.until(TurnEnd)
@@ -180,11 +188,7 @@ async def test_same_id_from_two_devices_at_once_stores_one_turn(
     db: async_sessionmaker[AsyncSession],
     sim_requests: Callable[[], list[dict[str, Any]]],
 ) -> None:
-    user = new_user()
-    a, b = await device(server, user), await device(server, user)
-    cid = await a.create()
-    await b.send(Join(conversation_id=cid))
-    await b.expect(Joined)
+    _, a, b, cid = await two_devices(server)
     marker = uuid.uuid4().hex
     send = Send(id="retry-1", conversation_id=cid, text=f"race {marker}")
     await asyncio.gather(a.send(send), b.send(send))
@@ -438,11 +442,7 @@ async def test_a_stalled_model_ends_the_turn_with_an_error(
 async def test_a_burst_of_partials_is_thinned_but_the_newest_always_arrives(
     server: RunningServer,
 ) -> None:
-    user = new_user()
-    voice, screen = await device(server, user), await device(server, user)
-    cid = await voice.create()
-    await screen.send(Join(conversation_id=cid))
-    await screen.expect(Joined)
+    _, voice, screen, cid = await two_devices(server)
     words = [f"w{n}" for n in range(60)]
     for n in range(1, len(words) + 1):  # 60 partials as fast as the socket takes them
         await voice.send(Input(conversation_id=cid, input_id="u1", text=" ".join(words[:n])))
@@ -470,11 +470,7 @@ async def test_a_burst_of_partials_is_thinned_but_the_newest_always_arrives(
 async def test_partial_input_is_relayed_not_stored_and_final_commits(
     server: RunningServer, db: async_sessionmaker[AsyncSession]
 ) -> None:
-    user = new_user()
-    voice, screen = await device(server, user), await device(server, user)
-    cid = await voice.create()
-    await screen.send(Join(conversation_id=cid))
-    await screen.expect(Joined)
+    user, voice, screen, cid = await two_devices(server)
 
     await voice.send(Typing(conversation_id=cid))
     typing = await screen.expect(TypingEvent)
