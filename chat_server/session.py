@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from chat_server.speech import SpeechChunker
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
 from chat_server.turns import Prepared, message_info
+from chat_server.voice import Voice
 from protocol import decode_client, decode_server
 from protocol.errors import RETRYABLE, CloseCode, Disconnect, ErrorCode, ErrorReply
 from protocol.messages import (
@@ -51,7 +51,6 @@ from protocol.messages import (
     HistoryPage,
     Input,
     InputEvent,
-    InterruptOn,
     Join,
     Joined,
     Leave,
@@ -71,8 +70,6 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 MAX_JOINED = 64  # conversations one connection may join at once
-PREPARED_FRESH_S = 5.0  # a route/history prepared from partials is reused this long
-INTERRUPT_WAIT_S = 2.0  # how long a final input waits for the reply it interrupted to store
 # Live events fan out to every device on every replica: one source relays at most one
 # voice partial per PARTIAL_EVERY_S (the newest; the last always goes out) and repeats
 # an unchanged typing state at most every TYPING_EVERY_S.
@@ -121,9 +118,7 @@ class Session:
         self._speech: dict[uuid.UUID, _Speech] = {}
         self._relayed: dict[tuple[Any, ...], float] = {}  # live event source → last relay
         self._held: dict[tuple[Any, ...], InputEvent] = {}  # partials waiting for their slot
-        self._prepared: dict[uuid.UUID, tuple[float, asyncio.Task[Prepared]]] = {}
-        # Input ids that already interrupted a reply: an ordered set, oldest dropped first.
-        self._interrupted_by: dict[str, None] = {}
+        self._voice_turns: Voice | None = None  # barge-in and early routing, after hello
 
     # ------------------------------------------------------------------ inbound
 
@@ -209,6 +204,7 @@ class Session:
             )
         self.subject = self._rt.auth.subject(hello.token)
         self.user_id = await self._rt.users.resolve(self.subject)
+        self._voice_turns = Voice(self._rt.turns, self.user_id)
         self.options = hello.options
         self.state = SessionState.READY
         settings = self._rt.settings
@@ -232,6 +228,12 @@ class Session:
     def _owner(self) -> uuid.UUID:
         assert self.user_id is not None, "only READY sessions dispatch"
         return self.user_id
+
+    @property
+    def _voice(self) -> Voice:
+        if self._voice_turns is None:
+            raise RuntimeError(f"session {self.id}: expected READY, got {self.state.name}")
+        return self._voice_turns
 
     def _require_joined(self, conversation_id: uuid.UUID) -> None:
         if conversation_id not in self._joined:
@@ -493,55 +495,16 @@ class Session:
                 user_id=self.subject,
             )
         )
-        interrupted = await self._maybe_interrupt(message)
+        interrupted = await self._voice.interrupt(message, self.options.interrupt_on)
         if message.final:
-            prepared = await self._take_prepared(message.conversation_id)
+            prepared = await self._voice.take_prepared(message.conversation_id)
             if interrupted:
                 prepared = None  # the interrupted reply's stored text changed the history
             await self._send(
                 message.input_id, message.conversation_id, message.text, None, prepared
             )
         elif self.options.early_routing:
-            self._prepare(message.conversation_id, message.text)
-
-    async def _maybe_interrupt(self, message: Input) -> bool:
-        """Barge-in by voice: the user speaking over a reply stops it, keeping what was
-        heard. Returns whether a reply was interrupted (and its text stored)."""
-        when = self.options.interrupt_on
-        if when is InterruptOn.NEVER or message.input_id in self._interrupted_by:
-            return False
-        if when is InterruptOn.FINAL and not message.final:
-            return False
-        self._interrupted_by[message.input_id] = None
-        if len(self._interrupted_by) > FINISHED_MEMORY:
-            del self._interrupted_by[next(iter(self._interrupted_by))]
-        try:
-            turn_id = await self._rt.turns.cancel(
-                message.conversation_id, None, message.heard_chars
-            )
-        except ChatError:  # nothing streaming: nothing to interrupt
-            return False
-        return await self._rt.turns.wait_finished(turn_id, INTERRUPT_WAIT_S)
-
-    def _prepare(self, conversation_id: uuid.UUID, text: str) -> None:
-        """Early routing: work out the route and history while the user still speaks."""
-        current = self._prepared.get(conversation_id)
-        if current is not None and time.monotonic() - current[0] < PREPARED_FRESH_S:
-            return
-        task = asyncio.create_task(
-            self._rt.turns.prepare(owner_id=self._owner, conversation_id=conversation_id, text=text)
-        )
-        task.add_done_callback(_consume_exception)
-        self._prepared[conversation_id] = (time.monotonic(), task)
-
-    async def _take_prepared(self, conversation_id: uuid.UUID) -> Prepared | None:
-        entry = self._prepared.pop(conversation_id, None)
-        if entry is None or time.monotonic() - entry[0] > PREPARED_FRESH_S:
-            return None
-        try:
-            return await entry[1]
-        except Exception:  # preparing is an optimisation; the turn routes itself
-            return None
+            self._voice.prepare(message.conversation_id, message.text)
 
     async def _history(self, message: History) -> None:
         async with self._rt.db.begin() as s:
@@ -671,8 +634,8 @@ class Session:
         self.state = SessionState.CLOSING
         for task in list(self._tasks):
             task.cancel()
-        for _, prepared in self._prepared.values():
-            prepared.cancel()
+        if self._voice_turns is not None:
+            self._voice_turns.close()
         for speech in self._speech.values():
             if speech.timer is not None:
                 speech.timer.cancel()
@@ -690,11 +653,6 @@ def _error_frame(
         retryable=RETRYABLE[code],
         retry_after_ms=retry_after_ms,
     )
-
-
-def _consume_exception(task: asyncio.Task[Prepared]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved here so an unused failure is not logged as lost
 
 
 def _start(turn: InflightTurn) -> TurnStart:
