@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -178,19 +179,44 @@ async def test_early_routing_never_uses_a_history_that_changed_before_the_final_
 
 
 async def test_early_routing_with_a_settled_history_gives_the_same_model_request(
-    server: RunningServer, sim_requests: Callable[[], list[dict[str, Any]]]
+    server: RunningServer,
+    sim_requests: Callable[[], list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Spies on the server's own Turns (it runs in this process, on another thread): the
+    # prepared path must really run and be used, or the comparison proves nothing.
+    turns = server.server.config.loaded_app.app.state.runtime.turns
+    prepared_ready = threading.Event()
+    used_prepared: list[bool] = []
+    prepare, store = turns.prepare, turns.store
+
+    async def prepare_spy(**kwargs: Any) -> Any:
+        try:
+            return await prepare(**kwargs)
+        finally:
+            prepared_ready.set()
+
+    async def store_spy(**kwargs: Any) -> Any:
+        used_prepared.append(kwargs.get("prepared") is not None)
+        return await store(**kwargs)
+
+    monkeypatch.setattr(turns, "prepare", prepare_spy)
+    monkeypatch.setattr(turns, "store", store_spy)
     bodies = []
     for early in (True, False):
+        prepared_ready.clear()
+        used_prepared.clear()
         client = await voice(server, new_user(), early_routing=early)
         cid = await client.create()
         await client.send(Send(id="t1", conversation_id=cid, text="hello " + directive(tokens=5)))
         await client.until(TurnEnd)
         await client.send(Input(conversation_id=cid, input_id="u", text="book"))
-        await asyncio.sleep(0.1)  # the prepared route and history are ready
+        if early:  # the prepared route and history are ready
+            assert await asyncio.to_thread(prepared_ready.wait, 10)
         await client.send(Input(conversation_id=cid, input_id="u", text="book it", final=True))
         await client.until(Ack)
         await client.until(TurnEnd)
+        assert used_prepared == [False, early], "the final input used what was prepared"
         body = sim_requests()[-1]["body"]
         bodies.append((body["contents"][1:], body.get("systemInstruction")))
         await client.close()

@@ -248,8 +248,10 @@ async def test_device_joining_mid_stream_gets_text_so_far_then_live_deltas(
         Send(id="slow", conversation_id=cid, text="go slow " + directive(tps=40, tokens=40))
     )
     await phone.expect(Ack)
-    await phone.until(Delta)
-    await asyncio.sleep(0.25)  # some text is out before the laptop arrives
+    shown, _ = await phone.until(Delta)
+    sent = shown.text
+    while len(sent) <= 5:  # some text is out before the laptop arrives
+        sent += (await phone.expect(Delta)).text
 
     laptop = await device(server, user)
     await laptop.send(Join(conversation_id=cid, after_seq=0))
