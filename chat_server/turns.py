@@ -28,7 +28,7 @@ from chat_server import conversations, router
 from chat_server.bus import Bus
 from chat_server.config import Settings
 from chat_server.errors import ChatError
-from chat_server.hub import Hub
+from chat_server.hub import Event, Hub
 from chat_server.inflight import Inflight
 from chat_server.llm import ChatTurn, LLMError, LLMProvider, LLMRequest
 from chat_server.router.embedding import Embedder
@@ -327,18 +327,28 @@ class Turns:
             await self._bus.publish(CONTROL_CHANNEL, _control_encoder.encode(request))
         return target.turn_id
 
-    async def wait_finished(self, turn_id: uuid.UUID, timeout_s: float) -> bool:
-        """Wait until a reply's final text is stored (it may run on another replica)."""
+    async def wait_finished(
+        self, conversation_id: uuid.UUID, turn_id: uuid.UUID, timeout_s: float
+    ) -> bool:
+        """Wait until a reply's final text is stored (it may run on another replica):
+        its task here, else its turn_end event through the hub, not by polling Redis."""
         local = self._active.get(turn_id)
         if local is not None and local.task is not None:
             done, _ = await asyncio.wait([local.task], timeout=timeout_s)
             return bool(done)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while await self.inflight.get(turn_id) is not None:  # ended after the final write
-            if asyncio.get_running_loop().time() > deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
+        waiter = _TurnEndWaiter(turn_id)
+        await self._hub.join(conversation_id, waiter)
+        try:
+            # Listening first, then looking: a turn_end published in between is not missed.
+            if await self.inflight.get(turn_id) is None:
+                return True
+            async with asyncio.timeout(timeout_s):
+                await waiter.ended.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            await self._hub.leave(conversation_id, waiter)
 
     def _cancel_local(self, turn: ActiveTurn, heard_chars: int | None) -> None:
         if turn.cancel_requested or turn.state is not TurnState.STREAMING:
@@ -687,6 +697,22 @@ class Turns:
                     log.warning("final write of turn %s failed, retrying: %r", turn_id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+@dataclass(eq=False)
+class _TurnEndWaiter:
+    """A hub subscriber that only notices one turn's end."""
+
+    turn_id: uuid.UUID
+    id: str = field(default_factory=lambda: f"turn-end-{uuid.uuid4().hex}")
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def deliver(self, event: Event) -> None:
+        if event.kind in ("turn_end", "message") and event.turn_id == self.turn_id:
+            self.ended.set()
+
+    def resync(self, conversation_id: uuid.UUID) -> None:
+        return None  # the caller's timeout bounds the wait; the session repairs itself
 
 
 def route_info(decision: router.Decision) -> RouteInfo:

@@ -41,7 +41,7 @@ class Voice:
             turn_id = await self._turns.cancel(message.conversation_id, None, message.heard_chars)
         except ChatError:  # nothing streaming: nothing to interrupt
             return False
-        return await self._turns.wait_finished(turn_id, INTERRUPT_WAIT_S)
+        return await self._turns.wait_finished(message.conversation_id, turn_id, INTERRUPT_WAIT_S)
 
     def prepare(self, conversation_id: uuid.UUID, text: str) -> None:
         """Early routing: work out the route and history while the user still speaks."""

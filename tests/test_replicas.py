@@ -25,6 +25,7 @@ from protocol.messages import (
     Cancel,
     Delta,
     GoAway,
+    Input,
     Join,
     Joined,
     Message,
@@ -159,6 +160,38 @@ async def test_cancel_sent_to_b_stops_the_generation_running_on_a(
     assert sender_end.message.text == end.message.text
     await sender.close()
     await canceller.close()
+
+
+async def test_a_final_input_on_b_interrupts_a_reply_on_a_before_its_own_turn_is_stored(
+    replicas: Callable[..., list[Replica]],
+    db: async_sessionmaker[AsyncSession],
+    sim_requests: Callable[[], list[dict[str, Any]]],
+) -> None:
+    # Barge-in across replicas: B cancels through the control channel, then waits for
+    # the turn_end of A's reply (through the hub) before it stores the new turn.
+    _, sender, speaker, cid = await two_devices(*replicas(2))
+    await slow_turn(sender, cid, "tell me everything")
+    await speaker.until(Delta)
+    await speaker.until(Delta)
+    await speaker.send(
+        Input(conversation_id=cid, input_id="v1", text="wait, hm", final=True, heard_chars=7)
+    )
+    ack, frames = await speaker.until(Ack, timeout=10)
+    interrupted = next(f for f in frames if isinstance(f, TurnEnd))
+    assert interrupted.finish_reason == "interrupted"
+    assert len(interrupted.message.text) == 7
+    assert ack.seq == 3
+    await speaker.until(TurnEnd)  # the new turn's reply
+    contents = sim_requests()[-1]["body"]["contents"]
+    assert contents[-2]["parts"][0]["text"] == interrupted.message.text, "the model saw the cut"
+    rows = await stored(db, cid)
+    assert [(r.seq, r.status) for r in rows[:3]] == [
+        (1, "complete"),
+        (2, "interrupted"),
+        (3, "complete"),
+    ]
+    await sender.close()
+    await speaker.close()
 
 
 async def test_the_same_send_on_two_replicas_at_once_is_one_message_and_one_model_call(
