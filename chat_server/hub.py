@@ -120,9 +120,6 @@ class Hub:
     def channel(conversation_id: uuid.UUID) -> str:
         return f"conv:{conversation_id}"
 
-    def sessions(self, conversation_id: uuid.UUID) -> int:
-        return len(self._local.get(conversation_id, ()))
-
     async def join(self, conversation_id: uuid.UUID, subscriber: Subscriber) -> None:
         members = self._local.setdefault(conversation_id, set())
         first = not members

@@ -149,10 +149,6 @@ class Session:
                 )
             )
 
-    def _expect(self, state: SessionState) -> None:
-        if self.state is not state:
-            raise RuntimeError(f"session {self.id}: expected {state.name}, got {self.state.name}")
-
     async def _dispatch(self, message: ClientMessage) -> None:
         if self.state is SessionState.AWAITING_HELLO:
             if not isinstance(message, Hello):
@@ -195,7 +191,6 @@ class Session:
                 self.reply(Pong(id=message.id))
 
     async def _hello(self, hello: Hello) -> None:
-        self._expect(SessionState.AWAITING_HELLO)
         if hello.protocol != PROTOCOL_VERSION:
             raise Disconnect(
                 CloseCode.PROTOCOL_VIOLATION,
