@@ -117,22 +117,64 @@ def _database(settings: Settings, *, start_embedded: bool) -> Settings:
         except embedded.Unavailable as exc:
             raise StartupError(f"DATABASE_URL is not set and {exc}") from None
         return dataclasses.replace(settings, database_url=Secret(url))
-    try:
-        asyncio.run(db.wait_until_reachable(settings.database_url.value, settings.startup_wait_s))
-    except db.Unreachable as exc:
-        raise StartupError(f"DATABASE_URL: {exc}") from None
+    url = settings.database_url.value
+    _reach(
+        "DATABASE_URL",
+        f"Postgres at {db.describe_host(url)}",
+        lambda attempt_s: db.ping(url, attempt_s),
+        settings.startup_wait_s,
+        attempt_max_s=5.0,
+        give_up=db.permanent_error,  # a bad password or database: waiting will not help
+    )
     return settings
 
 
 def _redis(settings: Settings) -> None:
-    from chat_server.app import RedisUnreachable, wait_for_redis
+    from chat_server.app import ping_redis, redis_host
 
     if settings.redis_url is None:
         return
-    try:
-        asyncio.run(wait_for_redis(settings.redis_url.value, settings.startup_wait_s))
-    except RedisUnreachable as exc:
-        raise StartupError(f"REDIS_URL: {exc}") from None
+    url = settings.redis_url.value
+    _reach(
+        "REDIS_URL",
+        f"Redis at {redis_host(url)}",
+        lambda attempt_s: ping_redis(url, attempt_s),
+        settings.startup_wait_s,
+        attempt_max_s=3.0,
+    )
+
+
+def _reach(
+    variable: str,
+    what: str,
+    probe: Callable[[float], Awaitable[None]],
+    wait_s: float,
+    *,
+    attempt_max_s: float,
+    give_up: Callable[[Exception], bool] = lambda exc: False,
+) -> None:
+    """Try ``probe`` until it succeeds or ``wait_s`` passed (a server still starting);
+    else one line naming the variable, the host and the last error."""
+
+    async def attempts() -> None:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                await probe(max(0.5, min(attempt_max_s, wait_s)))
+                return
+            except Exception as exc:  # refused, DNS, auth, TLS: all mean "not usable"
+                if time.monotonic() >= deadline or give_up(exc):
+                    raise StartupError(
+                        f"{variable}: cannot reach {what} within {wait_s:g} s: {_reason(exc)}"
+                    ) from None
+                await asyncio.sleep(0.5)
+
+    asyncio.run(attempts())
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error's message (its type when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _migrate(settings: Settings) -> None:
@@ -145,10 +187,9 @@ def _migrate(settings: Settings) -> None:
         migrate.upgrade(settings.database_url.value)
     except Exception as exc:  # e.g. no pgvector on that server, or no right to create tables
         log.debug("migration failed", exc_info=True)
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         where = describe_host(settings.database_url.value)
         raise StartupError(
-            f"DATABASE_URL: migrating the database at {where} failed: {reason} "
+            f"DATABASE_URL: migrating the database at {where} failed: {_reason(exc)} "
             "(LOG_LEVEL=debug shows the traceback)"
         ) from None
 

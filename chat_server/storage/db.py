@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -61,10 +60,6 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker:  # type: ignor
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-class Unreachable(Exception):
-    """Postgres did not answer within the wait; the message names the host and error."""
-
-
 def describe_host(url: str) -> str:
     """Where a postgresql:// URL points, for a message (no user, no password)."""
     parts = urlsplit(url)
@@ -74,31 +69,19 @@ def describe_host(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
 
 
-async def wait_until_reachable(url: str, timeout_s: float) -> None:
-    """Connect and run ``select 1``, retrying for up to ``timeout_s`` (a starting database)."""
+async def ping(url: str, timeout_s: float) -> None:
+    """Connect and run ``select 1`` once; raise whatever the driver raised."""
     import asyncpg
 
     dsn = async_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            connection = await asyncpg.connect(dsn, timeout=max(0.5, min(5.0, timeout_s)))
-            try:
-                await connection.fetchval("select 1")
-            finally:
-                await connection.close()
-            return
-        except Exception as exc:  # refused, DNS, auth, TLS: all mean "not usable"
-            if time.monotonic() >= deadline or _permanent(exc):
-                reason = str(exc).strip() or type(exc).__name__
-                where = describe_host(url)
-                raise Unreachable(
-                    f"cannot reach Postgres at {where} within {timeout_s:g} s: {reason}"
-                ) from None
-            await asyncio.sleep(0.5)
+    connection = await asyncpg.connect(dsn, timeout=timeout_s)
+    try:
+        await connection.fetchval("select 1")
+    finally:
+        await connection.close()
 
 
-def _permanent(exc: Exception) -> bool:
+def permanent_error(exc: Exception) -> bool:
     """Errors that waiting will not fix: bad password, unknown database or role."""
     import asyncpg
 
