@@ -656,9 +656,7 @@ class Turns:
         meta: dict[str, Any] = {"finish_reason": finish, "usage": _builtins(usage)}
         if error is not None:
             meta["error"] = _builtins(error)
-        if swept:
-            meta["swept"] = True
-        row = await self._write_final(turn_id, text, status, meta, replace_swept=not swept)
+        row = await self._write_final(turn_id, text, status, meta, swept=swept)
         if row is not None:  # else already finished elsewhere; its turn_end went out then
             await self._hub.publish(
                 TurnEnd(
@@ -682,14 +680,14 @@ class Turns:
         status: MessageStatus,
         meta: dict[str, Any],
         *,
-        replace_swept: bool,
+        swept: bool,
     ) -> MessageRow | None:
         delay, warned_at = 0.1, 0.0
         while True:
             try:
                 async with self._db.begin() as s:
                     return await queries.finish_reply(
-                        s, turn_id, text=text, status=status, meta=meta, replace_swept=replace_swept
+                        s, turn_id, text=text, status=status, meta=meta, swept=swept
                     )
             except Exception as exc:  # Postgres away or restarting: keep trying
                 if time.monotonic() - warned_at > 30:

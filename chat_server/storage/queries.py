@@ -193,14 +193,15 @@ async def finish_reply(
     text: str,
     status: str,
     meta: dict[str, Any],
-    replace_swept: bool = False,
+    swept: bool = False,
 ) -> Message | None:
     """Write a reply's final text once. None if it was already finished (by anyone).
 
-    With ``replace_swept`` the write also replaces an ending a sweeper wrote (``meta``
-    has ``swept``) when this text is longer: the generating replica's text wins."""
+    ``swept``: a sweeper ends the reply of a replica presumed dead, and ``meta`` records
+    it. The generating replica's own write (not ``swept``) also replaces such an ending
+    when its text is longer: a stored reply is never shorter than what was shown."""
     finishable = Message.status == "streaming"
-    if replace_swept:
+    if not swept:
         finishable = or_(
             finishable,
             and_(
@@ -208,7 +209,7 @@ async def finish_reply(
                 func.char_length(Message.text) < len(text),
             ),
         )
-    meta = {"swept": False, **meta} if replace_swept else meta
+    meta = {**meta, "swept": swept}
     return await s.scalar(
         update(Message)
         .where(Message.id == message_id, finishable)
