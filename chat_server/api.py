@@ -31,13 +31,12 @@ from chat_server.runtime import Runtime
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
 from chat_server.turns import message_info
-from protocol.messages import MAX_SEQ, MessageInfo
+from protocol.messages import MAX_SEQ, NO_NUL, MessageInfo
 
 PREFIX = "/api/v1"
 T = TypeVar("T")
 R = TypeVar("R")
 # Every string a client sends is free of NUL: Postgres rejects it in text (a 500 before).
-NO_NUL = r"^[^\x00]*$"
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NO_NUL)]
 Prose = Annotated[str, msgspec.Meta(max_length=20_000, pattern=NO_NUL)]
 Description = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
@@ -208,11 +207,12 @@ def _decode(kind: type[T], raw: bytes) -> T:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
 
 
-def _uuid(value: str, what: str) -> uuid.UUID:
+def _path_id(c: Caller, what: str) -> uuid.UUID:
+    """The ``{what}_id`` path parameter; not an id at all is 404 (no such row either)."""
     try:
-        return uuid.UUID(value)
+        return uuid.UUID(c.request.path_params[f"{what}_id"])
     except ValueError:
-        raise _not_found(what) from None  # not an id at all: no such row either
+        raise _not_found(what) from None
 
 
 @dataclass(frozen=True)
@@ -332,7 +332,7 @@ async def _owned(
     lookup: Callable[[AsyncSession, uuid.UUID, uuid.UUID], Awaitable[R | None]],
 ) -> R:
     """The caller's row named by the ``{what}_id`` path parameter; else 404."""
-    row = await lookup(s, c.user_id, _uuid(c.request.path_params[f"{what}_id"], what))
+    row = await lookup(s, c.user_id, _path_id(c, what))
     if row is None:
         raise _not_found(what)
     return row
@@ -493,8 +493,7 @@ async def create_conversation(c: Caller) -> Response:
 
 
 async def _own_conversation(s: AsyncSession, c: Caller) -> Conversation:
-    conversation_id = _uuid(c.request.path_params["conversation_id"], "conversation")
-    return await conversations.owned(s, c.user_id, conversation_id)
+    return await conversations.owned(s, c.user_id, _path_id(c, "conversation"))
 
 
 async def get_conversation(c: Caller) -> Response:
@@ -513,9 +512,8 @@ async def list_messages(c: Caller) -> Response:
     before_seq = BEFORE_SEQ.integer(c.request)
     assert limit is not None
     async with c.db() as s:
-        conversation_id = _uuid(c.request.path_params["conversation_id"], "conversation")
         rows, has_more = await conversations.history(
-            s, c.user_id, conversation_id, before_seq=before_seq, limit=limit
+            s, c.user_id, _path_id(c, "conversation"), before_seq=before_seq, limit=limit
         )
     return _json(MessagePage(messages=[message_info(r) for r in rows], has_more=has_more))
 

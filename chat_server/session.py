@@ -118,7 +118,7 @@ class Session:
         self._speech: dict[uuid.UUID, _Speech] = {}
         self._relayed: dict[tuple[Any, ...], float] = {}  # live event source → last relay
         self._held: dict[tuple[Any, ...], InputEvent] = {}  # partials waiting for their slot
-        self._voice_turns: Voice | None = None  # barge-in and early routing, after hello
+        self._voice = Voice(runtime.turns)  # barge-in and early routing
 
     # ------------------------------------------------------------------ inbound
 
@@ -199,7 +199,6 @@ class Session:
             )
         self.subject = self._rt.auth.subject(hello.token)
         self.user_id = await self._rt.users.resolve(self.subject)
-        self._voice_turns = Voice(self._rt.turns, self.user_id)
         self.options = hello.options
         self.state = SessionState.READY
         settings = self._rt.settings
@@ -223,12 +222,6 @@ class Session:
     def _owner(self) -> uuid.UUID:
         assert self.user_id is not None, "only READY sessions dispatch"
         return self.user_id
-
-    @property
-    def _voice(self) -> Voice:
-        if self._voice_turns is None:
-            raise RuntimeError(f"session {self.id}: expected READY, got {self.state.name}")
-        return self._voice_turns
 
     def _require_joined(self, conversation_id: uuid.UUID) -> None:
         if conversation_id not in self._joined:
@@ -468,17 +461,19 @@ class Session:
         else:  # a final transcript goes out at once and supersedes any held partial
             key = ("input", event.conversation_id, event.input_id)
             self._held.pop(key, None)
-        self._relayed[key] = now
-        if len(self._relayed) > FINISHED_MEMORY:
-            self._relayed.pop(next(iter(self._relayed)))
-        await self._rt.hub.publish(event, exclude=self.id)
+        await self._relay_now(key, event)
 
     async def _relay_later(self, key: tuple[Any, ...], wait: float) -> None:
         await asyncio.sleep(wait)
         event = self._held.pop(key, None)
         if event is not None and event.conversation_id in self._joined:
-            self._relayed[key] = asyncio.get_running_loop().time()
-            await self._rt.hub.publish(event, exclude=self.id)
+            await self._relay_now(key, event)
+
+    async def _relay_now(self, key: tuple[Any, ...], event: InputEvent | TypingEvent) -> None:
+        self._relayed[key] = asyncio.get_running_loop().time()
+        if len(self._relayed) > FINISHED_MEMORY:
+            self._relayed.pop(next(iter(self._relayed)))
+        await self._rt.hub.publish(event, exclude=self.id)
 
     async def _input(self, message: Input) -> None:
         await self._relay(
@@ -499,7 +494,7 @@ class Session:
                 message.input_id, message.conversation_id, message.text, None, prepared
             )
         elif self.options.early_routing:
-            self._voice.prepare(message.conversation_id, message.text)
+            self._voice.prepare(self._owner, message.conversation_id, message.text)
 
     async def _history(self, message: History) -> None:
         async with self._rt.db.begin() as s:
@@ -629,8 +624,7 @@ class Session:
         self.state = SessionState.CLOSING
         for task in list(self._tasks):
             task.cancel()
-        if self._voice_turns is not None:
-            self._voice_turns.close()
+        self._voice.close()
         for speech in self._speech.values():
             if speech.timer is not None:
                 speech.timer.cancel()

@@ -20,9 +20,8 @@ INTERRUPT_WAIT_S = 2.0  # how long a final input waits for the reply it interrup
 
 
 class Voice:
-    def __init__(self, turns: Turns, owner_id: uuid.UUID) -> None:
+    def __init__(self, turns: Turns) -> None:
         self._turns = turns
-        self._owner = owner_id
         self._prepared: dict[uuid.UUID, tuple[float, asyncio.Task[Prepared]]] = {}
         # Input ids that already interrupted a reply: an ordered set, oldest dropped first.
         self._interrupted_by: dict[str, None] = {}
@@ -43,13 +42,13 @@ class Voice:
             return False
         return await self._turns.wait_finished(message.conversation_id, turn_id, INTERRUPT_WAIT_S)
 
-    def prepare(self, conversation_id: uuid.UUID, text: str) -> None:
+    def prepare(self, owner_id: uuid.UUID, conversation_id: uuid.UUID, text: str) -> None:
         """Early routing: work out the route and history while the user still speaks."""
         current = self._prepared.get(conversation_id)
         if current is not None and time.monotonic() - current[0] < PREPARED_FRESH_S:
             return
         task = asyncio.create_task(
-            self._turns.prepare(owner_id=self._owner, conversation_id=conversation_id, text=text)
+            self._turns.prepare(owner_id=owner_id, conversation_id=conversation_id, text=text)
         )
         task.add_done_callback(_consume_exception)
         self._prepared[conversation_id] = (time.monotonic(), task)

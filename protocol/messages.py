@@ -24,9 +24,10 @@ import msgspec
 PROTOCOL_VERSION = 1
 
 # Postgres rejects NUL in text; refuse it at the edge rather than fail on insert.
-Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")]
-ShortText = Annotated[str, msgspec.Meta(max_length=200, pattern=r"^[^\x00]*$")]
-RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00]*$")]
+NO_NUL = r"^[^\x00]*$"  # Postgres refuses NUL in text
+Text = Annotated[str, msgspec.Meta(pattern=NO_NUL)]
+ShortText = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
+RequestId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_NUL)]
 # Sequence numbers and offsets: at most 2**53 - 1, the largest integer a JavaScript
 # client holds exactly (and far inside Postgres' bigint; larger values were `internal`).
 MAX_SEQ = 2**53 - 1
