@@ -56,50 +56,62 @@ async def make_bus(
 T = TypeVar("T")
 
 
-async def received(box: list[T], count: int) -> list[T]:
-    """``box`` once it holds ``count`` items (filled by a callback), within 5 s."""
-    async with asyncio.timeout(5):
-        while len(box) < count:  # noqa: ASYNC110 - handlers are plain callbacks
-            await asyncio.sleep(0.005)
-    return box
+class Inbox(list[T]):
+    """A list a callback fills, and a wait (on its appends, not a poll) for its size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grew = asyncio.Event()
+
+    def append(self, item: T) -> None:
+        super().append(item)
+        self._grew.set()
+
+    async def holding(self, count: int) -> list[T]:
+        """The items once there are ``count``, within 5 s."""
+        async with asyncio.timeout(5):
+            while len(self) < count:
+                self._grew.clear()
+                await self._grew.wait()
+        return list(self)
 
 
 async def test_payloads_arrive_in_publish_order_at_every_subscriber(make_bus: Any) -> None:
     a, b = await make_bus(), await make_bus()
-    got_a: list[bytes] = []
-    got_b: list[bytes] = []
+    got_a: Inbox[bytes] = Inbox()
+    got_b: Inbox[bytes] = Inbox()
     await a.subscribe("conv:1", got_a.append)
     await b.subscribe("conv:1", got_b.append)
     sent = [f"m{i}".encode() for i in range(50)]
     for payload in sent:
         await a.publish("conv:1", payload)
-    assert await received(got_b, 50) == sent
-    assert await received(got_a, 50) == sent  # the publisher hears itself (hub drops it)
+    assert await got_b.holding(50) == sent
+    assert await got_a.holding(50) == sent  # the publisher hears itself (hub drops it)
     assert a.healthy
     assert b.healthy
 
 
 async def test_a_subscription_is_live_when_subscribe_returns(make_bus: Any) -> None:
     a, b = await make_bus(), await make_bus()
-    got: list[bytes] = []
+    got: Inbox[bytes] = Inbox()
     await b.subscribe("conv:2", got.append)
     await a.publish("conv:2", b"first")  # published right after subscribe returned
-    assert await received(got, 1) == [b"first"]
+    assert await got.holding(1) == [b"first"]
 
 
 async def test_unsubscribe_stops_delivery_and_other_channels_are_separate(make_bus: Any) -> None:
     a, b = await make_bus(), await make_bus()
-    got: list[bytes] = []
-    other: list[bytes] = []
+    got: Inbox[bytes] = Inbox()
+    other: Inbox[bytes] = Inbox()
     await b.subscribe("conv:3", got.append)
     await b.subscribe("conv:4", other.append)
     await a.publish("conv:3", b"one")
-    await received(got, 1)
+    await got.holding(1)
     await b.unsubscribe("conv:3")
     await b.unsubscribe("conv:never")  # unknown channel: no-op
     await a.publish("conv:3", b"two")
     await a.publish("conv:4", b"marker")
-    await received(other, 1)
+    await other.holding(1)
     assert got == [b"one"]
 
 
@@ -207,13 +219,13 @@ class Announced:
     """What a tracker published, with a way to wait for the next frames."""
 
     def __init__(self) -> None:
-        self.frames: list[Presence] = []
+        self.frames: Inbox[Presence] = Inbox()
 
     async def publish(self, frame: Presence) -> None:
         self.frames.append(frame)
 
     async def count(self, n: int) -> list[Presence]:
-        return await received(self.frames, n)
+        return await self.frames.holding(n)
 
 
 async def test_a_join_storm_is_announced_once_or_twice_not_per_device() -> None:

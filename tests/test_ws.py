@@ -142,18 +142,19 @@ async def test_ack_is_sent_after_the_turn_is_committed(
 async def test_generation_outlives_the_socket_that_asked_for_it(
     server: RunningServer, db: async_sessionmaker[AsyncSession]
 ) -> None:
-    client = await device(server, new_user())
+    user = new_user()
+    client, watcher = await device(server, user), await device(server, user)
     cid = await client.create()
+    await watcher.send(Join(conversation_id=cid))
+    await watcher.expect(Joined)
     await client.send(
         Send(id="x", conversation_id=cid, text="long one " + directive(tps=100, tokens=30))
     )
     await client.expect(Ack)
     await client.close()
-    for _ in range(200):
-        stored = await rows(db, cid)
-        if stored[-1].status != "streaming":
-            break
-        await asyncio.sleep(0.05)
+    await watcher.until(TurnEnd)  # sent after the final write
+    await watcher.close()
+    stored = await rows(db, cid)
     assert stored[-1].status == "complete"
     assert len(stored[-1].text.split()) >= 30
 
