@@ -3,272 +3,64 @@ their history, routing dry runs and misroute feedback.
 
 Auth is the WebSocket's: ``Authorization: Bearer <token>``. A user sees only their own
 rows: another user's ids are 404, exactly like unknown ids. Bodies are validated by
-msgspec: a bad one is 422 naming the field. One table (``ENDPOINTS``) makes both the
-routes and the OpenAPI document, so the two cannot drift.
+msgspec: a bad one is 422 naming the field. The handlers are thin: the use cases are in
+``conversations`` and ``router``, the plumbing (validation, errors, the one table that
+makes both the routes and the OpenAPI document) in ``rest``.
 """
 
 from __future__ import annotations
 
 import base64
-import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
-import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from chat_server import conversations
-from chat_server.errors import HTTP_STATUS, ChatError
+from chat_server import conversations, rest
+from chat_server.api_schema import (
+    AssistantIn,
+    AssistantOut,
+    AssistantPatch,
+    AssistantRefOut,
+    Candidate,
+    ConversationIn,
+    ConversationOut,
+    ConversationPage,
+    FeedbackIn,
+    FeedbackOut,
+    MessagePage,
+    RouteIn,
+    RouteOut,
+    SkillIn,
+    SkillOut,
+    SkillPatch,
+)
+from chat_server.rest import (
+    ApiError,
+    Caller,
+    Endpoint,
+    decode_body,
+    not_found,
+    path_id,
+    respond,
+)
 from chat_server.router.embedding import phrases
-from chat_server.runtime import Runtime
+from chat_server.router.learning import learn_misroute
 from chat_server.storage import queries
-from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
-from chat_server.turns import message_info
-from protocol.messages import MAX_SEQ, NO_NUL, MessageInfo
+from chat_server.storage.models import Assistant, Conversation, Skill
+from chat_server.wire import message_info
+from protocol.messages import MAX_SEQ
 
-PREFIX = "/api/v1"
-T = TypeVar("T")
 R = TypeVar("R")
-# Every string a client sends is free of NUL: Postgres rejects it in text (a 500 before).
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NO_NUL)]
-Prose = Annotated[str, msgspec.Meta(max_length=20_000, pattern=NO_NUL)]
-Description = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
-Title = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
-TurnText = Annotated[str, msgspec.Meta(min_length=1, max_length=16_000, pattern=NO_NUL)]
-Model = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[\w.\-/:]+$")]
-Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-Limit = Annotated[int, msgspec.Meta(ge=1, le=200)]
-
-
-class _In(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class AssistantIn(_In):
-    name: Name
-    description: Prose = ""
-    system_prompt: Prose = ""
-    default_model: Model | None = None  # the server's GEMINI_MODEL when omitted
-    complex_model: Model | None = None
-
-
-class AssistantPatch(_In):
-    name: Name | msgspec.UnsetType = msgspec.UNSET
-    description: Prose | msgspec.UnsetType = msgspec.UNSET
-    system_prompt: Prose | msgspec.UnsetType = msgspec.UNSET
-    default_model: Model | msgspec.UnsetType = msgspec.UNSET
-    complex_model: Model | msgspec.UnsetType | None = msgspec.UNSET
-
-
-class AssistantOut(msgspec.Struct, kw_only=True):
-    id: uuid.UUID
-    name: str
-    description: str
-    system_prompt: str
-    default_model: str
-    complex_model: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class SkillIn(_In):
-    name: Name
-    description: Description
-    threshold: Threshold | None = None  # the embedder's default_threshold when omitted
-
-
-class SkillPatch(_In):
-    name: Name | msgspec.UnsetType = msgspec.UNSET
-    description: Description | msgspec.UnsetType = msgspec.UNSET
-    threshold: Threshold | msgspec.UnsetType = msgspec.UNSET
-
-
-class SkillOut(msgspec.Struct, kw_only=True):
-    id: uuid.UUID
-    assistant_id: uuid.UUID
-    name: str
-    description: str
-    threshold: float
-    examples: int  # turns learned from feedback
-
-
-class ConversationIn(_In):
-    title: Title | None = None
-    assistant_id: uuid.UUID | None = None
-
-
-class ConversationOut(msgspec.Struct, kw_only=True):
-    id: uuid.UUID
-    title: str | None
-    assistant_id: uuid.UUID | None
-    last_seq: int
-    created_at: datetime
-    updated_at: datetime
-
-
-class ConversationPage(msgspec.Struct, kw_only=True):
-    items: list[ConversationOut]
-    next_cursor: str | None  # pass as ?cursor= for the next (older) page
-
-
-class MessagePage(msgspec.Struct, kw_only=True):
-    messages: list[MessageInfo]  # oldest first
-    has_more: bool  # older messages exist: ?before_seq=<first seq>
-
-
-class RouteIn(_In):
-    text: TurnText
-    conversation_id: uuid.UUID | None = None
-    assistant_id: uuid.UUID | None = None
-
-
-class Candidate(msgspec.Struct, kw_only=True):
-    skill_id: uuid.UUID
-    skill: str
-    assistant_id: uuid.UUID
-    assistant: str
-    score: float
-    threshold: float
-    via_example: bool
-
-
-class AssistantRefOut(msgspec.Struct, kw_only=True):
-    id: uuid.UUID
-    name: str
-
-
-class RouteOut(msgspec.Struct, kw_only=True):
-    assistant: AssistantRefOut
-    model: str
-    reason: str  # explicit | skill | default | fallback
-    skill: str | None
-    skill_id: uuid.UUID | None
-    score: float | None
-    language: str
-    kind: str
-    complexity: str
-    why: str
-    candidates: list[Candidate]  # nearest skills, best first
-
-
-class FeedbackIn(_In):
-    """``message_id`` is the misrouted user turn (or its reply); ``assistant_id`` the
-    assistant that should have answered; ``skill_id`` optionally the skill it fits."""
-
-    message_id: uuid.UUID
-    assistant_id: uuid.UUID
-    skill_id: uuid.UUID | None = None
-
-
-class FeedbackOut(msgspec.Struct, kw_only=True):
-    skill_id: uuid.UUID
-    example_id: uuid.UUID
-    created_skill: bool  # the assistant had no skill: one was made from the turn
-
-
-class ErrorOut(msgspec.Struct, kw_only=True):
-    error: str  # validation_error | bad_json | unauthorized | not_found
-    message: str
-    field: str | None = None  # for validation errors: which field, as a dotted path
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.body = status, ErrorOut(error=error, message=message, field=field)
-
-
-def _not_found(what: str) -> ApiError:
-    return ApiError(404, "not_found", f"{what} not found")
-
-
-def _json(value: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(msgspec.to_builtins(value)), status, media_type="application/json")
-
-
-_FIELD = re.compile(r"at `\$\.?([^`]*)`")
-
-
-def _decode(kind: type[T], raw: bytes) -> T:
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        found = _FIELD.search(str(exc))
-        field = found.group(1).replace("[", ".").replace("]", "") if found else None
-        raise ApiError(422, "validation_error", str(exc), field or None) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
-
-
-def _path_id(c: Caller, what: str) -> uuid.UUID:
-    """The ``{what}_id`` path parameter; not an id at all is 404 (no such row either)."""
-    try:
-        return uuid.UUID(c.request.path_params[f"{what}_id"])
-    except ValueError:
-        raise _not_found(what) from None
-
-
-@dataclass(frozen=True)
-class Query:
-    """A query parameter: the handler reads it and the OpenAPI document describes it
-    from this one definition."""
-
-    name: str
-    description: str
-    low: int | None = None  # an integer in low..high; None: an opaque string
-    high: int | None = None
-    default: int | None = None
-
-    def schema(self) -> dict[str, Any]:
-        if self.low is None:
-            return {"type": "string"}
-        schema = {"type": "integer", "minimum": self.low, "maximum": self.high}
-        return schema | ({"default": self.default} if self.default is not None else {})
-
-    def integer(self, request: Request) -> int | None:
-        raw = request.query_params.get(self.name)
-        if raw is None:
-            return self.default
-        low, high = self.low or 0, self.high or 0
-        try:
-            value = int(raw)
-        except ValueError:
-            value = low - 1
-        if not low <= value <= high:
-            message = f"{self.name} must be an integer in {low}..{high}"
-            raise ApiError(422, "validation_error", message, self.name)
-        return value
-
-
-CONVERSATIONS_LIMIT = Query("limit", "page size", 1, 100, 20)
-CURSOR = Query("cursor", "next_cursor of the previous page")
-MESSAGES_LIMIT = Query("limit", "page size", 1, 200, 50)
-BEFORE_SEQ = Query("before_seq", "only messages before this seq (older pages)", 1, MAX_SEQ)
-
-
-@dataclass(frozen=True)
-class Caller:
-    runtime: Runtime
-    user_id: uuid.UUID
-    request: Request
-
-    def db(self) -> Any:
-        return self.runtime.db.begin()
-
-
-async def _caller(request: Request) -> Caller:
-    runtime: Runtime = request.app.state.runtime
-    header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    subject = runtime.auth.subject(token)  # ChatError(unauthorized): 401
-    return Caller(runtime, await runtime.users.resolve(subject), request)
+CONVERSATIONS_LIMIT = rest.Query("limit", "page size", 1, 100, 20)
+CURSOR = rest.Query("cursor", "next_cursor of the previous page")
+MESSAGES_LIMIT = rest.Query("limit", "page size", 1, 200, 50)
+BEFORE_SEQ = rest.Query("before_seq", "only messages before this seq (older pages)", 1, MAX_SEQ)
 
 
 # ---------------------------------------------------------------- converters
@@ -305,11 +97,11 @@ def _conversation_out(c: Conversation) -> ConversationOut:
 
 async def list_assistants(c: Caller) -> Response:
     async with c.db() as s:
-        return _json([_assistant_out(a) for a in await queries.list_assistants(s, c.user_id)])
+        return respond([_assistant_out(a) for a in await queries.list_assistants(s, c.user_id)])
 
 
 async def create_assistant(c: Caller) -> Response:
-    body = _decode(AssistantIn, await c.request.body())
+    body = decode_body(AssistantIn, await c.request.body())
     async with c.db() as s:
         assistant = Assistant(
             owner_id=c.user_id,
@@ -322,7 +114,7 @@ async def create_assistant(c: Caller) -> Response:
         s.add(assistant)
         await s.flush()
         await s.refresh(assistant)
-        return _json(_assistant_out(assistant), 201)
+        return respond(_assistant_out(assistant), 201)
 
 
 async def _owned(
@@ -332,9 +124,9 @@ async def _owned(
     lookup: Callable[[AsyncSession, uuid.UUID, uuid.UUID], Awaitable[R | None]],
 ) -> R:
     """The caller's row named by the ``{what}_id`` path parameter; else 404."""
-    row = await lookup(s, c.user_id, _path_id(c, what))
+    row = await lookup(s, c.user_id, path_id(c, what))
     if row is None:
-        raise _not_found(what)
+        raise not_found(what)
     return row
 
 
@@ -344,11 +136,11 @@ async def _own_assistant(s: AsyncSession, c: Caller) -> Assistant:
 
 async def get_assistant(c: Caller) -> Response:
     async with c.db() as s:
-        return _json(_assistant_out(await _own_assistant(s, c)))
+        return respond(_assistant_out(await _own_assistant(s, c)))
 
 
 async def update_assistant(c: Caller) -> Response:
-    body = _decode(AssistantPatch, await c.request.body())
+    body = decode_body(AssistantPatch, await c.request.body())
     async with c.db() as s:
         assistant = await _own_assistant(s, c)
         for name in body.__struct_fields__:
@@ -357,7 +149,7 @@ async def update_assistant(c: Caller) -> Response:
                 setattr(assistant, name, value)
         await s.flush()
         await s.refresh(assistant)
-        return _json(_assistant_out(assistant))
+        return respond(_assistant_out(assistant))
 
 
 async def delete_assistant(c: Caller) -> Response:
@@ -373,11 +165,11 @@ async def list_skills(c: Caller) -> Response:
     async with c.db() as s:
         assistant = await _own_assistant(s, c)
         rows = await queries.list_skills(s, c.user_id, assistant.id)
-        return _json([_skill_out(skill, n) for skill, n in rows])
+        return respond([_skill_out(skill, n) for skill, n in rows])
 
 
 async def create_skill(c: Caller) -> Response:
-    body = _decode(SkillIn, await c.request.body())
+    body = decode_body(SkillIn, await c.request.body())
     embedder = c.runtime.turns.embedder
     vector, parts = await _embed_description(c, body.description)
     async with c.db() as s:
@@ -394,7 +186,7 @@ async def create_skill(c: Caller) -> Response:
         s.add(skill)
         await s.flush()
         await queries.set_description_phrases(s, skill, parts, embedder=embedder.name)
-        return _json(_skill_out(skill, 0), 201)
+        return respond(_skill_out(skill, 0), 201)
 
 
 async def _embed_description(
@@ -412,7 +204,7 @@ async def _own_skill(s: AsyncSession, c: Caller) -> Skill:
 
 async def _skill_response(s: AsyncSession, c: Caller, skill: Skill) -> Response:
     counts = dict((k.id, n) for k, n in await queries.list_skills(s, c.user_id, skill.assistant_id))
-    return _json(_skill_out(skill, counts.get(skill.id, 0)))
+    return respond(_skill_out(skill, counts.get(skill.id, 0)))
 
 
 async def get_skill(c: Caller) -> Response:
@@ -421,7 +213,7 @@ async def get_skill(c: Caller) -> Response:
 
 
 async def update_skill(c: Caller) -> Response:
-    body = _decode(SkillPatch, await c.request.body())
+    body = decode_body(SkillPatch, await c.request.body())
     embedder = c.runtime.turns.embedder
     described = None
     if body.description is not msgspec.UNSET:
@@ -477,28 +269,28 @@ async def list_conversations(c: Caller) -> Response:
         rows = await queries.list_conversations(s, c.user_id, limit=limit + 1, before=before)
     page = rows[:limit]
     next_cursor = _cursor(page[-1]) if len(rows) > limit else None
-    return _json(
+    return respond(
         ConversationPage(items=[_conversation_out(r) for r in page], next_cursor=next_cursor)
     )
 
 
 async def create_conversation(c: Caller) -> Response:
-    body = _decode(ConversationIn, await c.request.body())
+    body = decode_body(ConversationIn, await c.request.body())
     async with c.db() as s:
         created = await conversations.create(
             s, c.user_id, title=body.title, assistant_id=body.assistant_id
         )
         await s.refresh(created)
-        return _json(_conversation_out(created), 201)
+        return respond(_conversation_out(created), 201)
 
 
 async def _own_conversation(s: AsyncSession, c: Caller) -> Conversation:
-    return await conversations.owned(s, c.user_id, _path_id(c, "conversation"))
+    return await conversations.owned(s, c.user_id, path_id(c, "conversation"))
 
 
 async def get_conversation(c: Caller) -> Response:
     async with c.db() as s:
-        return _json(_conversation_out(await _own_conversation(s, c)))
+        return respond(_conversation_out(await _own_conversation(s, c)))
 
 
 async def delete_conversation(c: Caller) -> Response:
@@ -513,16 +305,16 @@ async def list_messages(c: Caller) -> Response:
     assert limit is not None
     async with c.db() as s:
         rows, has_more = await conversations.history(
-            s, c.user_id, _path_id(c, "conversation"), before_seq=before_seq, limit=limit
+            s, c.user_id, path_id(c, "conversation"), before_seq=before_seq, limit=limit
         )
-    return _json(MessagePage(messages=[message_info(r) for r in rows], has_more=has_more))
+    return respond(MessagePage(messages=[message_info(r) for r in rows], has_more=has_more))
 
 
 # ---------------------------------------------------------------- routing
 
 
 async def dry_run(c: Caller) -> Response:
-    body = _decode(RouteIn, await c.request.body())
+    body = decode_body(RouteIn, await c.request.body())
     turns = c.runtime.turns
     vector = None if body.assistant_id else await turns.embed_turn(body.text)
     async with c.db() as s:
@@ -536,7 +328,7 @@ async def dry_run(c: Caller) -> Response:
             assistant_id=body.assistant_id,
         )
     a = decision.analysis
-    return _json(
+    return respond(
         RouteOut(
             assistant=AssistantRefOut(id=decision.assistant.id, name=decision.assistant.name),
             model=decision.model,
@@ -567,71 +359,26 @@ async def dry_run(c: Caller) -> Response:
 async def feedback(c: Caller) -> Response:
     """Learn from a misroute: the turn becomes an example of the right assistant's skill
     (the one given, else its nearest), so the next similar turn routes there."""
-    body = _decode(FeedbackIn, await c.request.body())
-    embedder = c.runtime.turns.embedder
-    async with c.db() as s:
-        message = await queries.get_message(s, c.user_id, body.message_id)
-        if message is not None and message.role == "assistant" and message.reply_to:
-            message = await queries.get_message(s, c.user_id, message.reply_to)
-        if message is None:
-            raise _not_found("message")
-        if await queries.get_assistant(s, c.user_id, body.assistant_id) is None:
-            raise _not_found("assistant")
-        text = message.text
-    (vector,) = await embedder.embed([text])
-    async with c.db() as s:
-        created = False
-        if body.skill_id is not None:
-            skill = await queries.get_skill(s, c.user_id, body.skill_id)
-            if skill is None or skill.assistant_id != body.assistant_id:
-                raise _not_found("skill")
-        else:
-            skill = await queries.nearest_skill_of(
-                s, body.assistant_id, vector, embedder=embedder.name
-            )
-        if skill is None:
-            skill = Skill(
-                assistant_id=body.assistant_id,
-                owner_id=c.user_id,
-                name="learned",
-                description=text[:2000],
-                threshold=embedder.default_threshold,
-                embedding=vector,
-                embedder=embedder.name,
-            )
-            s.add(skill)
-            await s.flush()
-            created = True
-        example = SkillExample(
-            skill_id=skill.id,
-            owner_id=c.user_id,
-            source="feedback",
-            text=text,
-            embedding=vector,
-            embedder=embedder.name,
-        )
-        s.add(example)
-        await s.flush()
-        return _json(
-            FeedbackOut(skill_id=skill.id, example_id=example.id, created_skill=created), 201
-        )
+    body = decode_body(FeedbackIn, await c.request.body())
+    learned = await learn_misroute(
+        c.runtime.db,
+        c.runtime.turns.embedder,
+        c.user_id,
+        message_id=body.message_id,
+        assistant_id=body.assistant_id,
+        skill_id=body.skill_id,
+    )
+    return respond(
+        FeedbackOut(
+            skill_id=learned.skill_id,
+            example_id=learned.example_id,
+            created_skill=learned.created_skill,
+        ),
+        201,
+    )
 
 
 # ---------------------------------------------------------------- the table
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    method: str
-    path: str
-    handler: Callable[[Caller], Awaitable[Response]]
-    summary: str
-    body: type | None = None
-    response: Any = None  # a type, list[type], or None for 204
-    status: int = 200
-    query: tuple[Query, ...] = ()
-    # 404 for ids in the body too (not only in the path): an assistant, conversation...
-    body_ids: bool = False
 
 
 ENDPOINTS = [
@@ -759,97 +506,9 @@ ENDPOINTS = [
 ]
 
 
-def _endpoint(handlers: dict[str, Endpoint]) -> Callable[[Request], Awaitable[Response]]:
-    async def serve(request: Request) -> Response:
-        endpoint = handlers[request.method]
-        try:
-            return await endpoint.handler(await _caller(request))
-        except ApiError as exc:
-            return _json(exc.body, exc.status)
-        except ChatError as exc:  # the domain's errors, mapped once (chat_server.errors)
-            return _json(ErrorOut(error=exc.code.value, message=exc.message), HTTP_STATUS[exc.code])
-
-    return serve
-
-
 def routes() -> list[Route]:
-    by_path: dict[str, dict[str, Endpoint]] = {}
-    for endpoint in ENDPOINTS:
-        by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
-    built = [
-        Route(PREFIX + path, _endpoint(handlers), methods=list(handlers))
-        for path, handlers in by_path.items()
-    ]
-    built.append(Route(PREFIX + "/openapi.json", _openapi, methods=["GET"]))
-    return built
-
-
-async def _openapi(request: Request) -> Response:
-    return Response(orjson.dumps(openapi()), media_type="application/json")
+    return rest.routes(ENDPOINTS)
 
 
 def openapi() -> dict[str, Any]:
-    """The OpenAPI 3.1 document, built from ENDPOINTS and the msgspec types."""
-    types: list[Any] = [ErrorOut]
-    for e in ENDPOINTS:
-        types += [t for t in (e.body, e.response) if t is not None]
-    schemas, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}"
-    )
-    schema_of = dict(zip(map(repr, types), schemas, strict=True))
-    error = {"content": {"application/json": {"schema": schema_of[repr(ErrorOut)]}}}
-    paths: dict[str, dict[str, Any]] = {}
-    for e in ENDPOINTS:
-        path_ids = re.findall(r"{(\w+)}", e.path)
-        responses: dict[str, Any] = {
-            "401": {"description": "missing or invalid bearer token", **error}
-        }
-        if e.body is not None:
-            responses["400"] = {"description": "the body is not JSON", **error}
-        if path_ids or e.body_ids:
-            responses["404"] = {"description": "unknown id, or another user's", **error}
-        if e.body is not None or e.query:
-            invalid = "invalid body or query" if e.body and e.query else "invalid body"
-            responses["422"] = {
-                "description": invalid if e.body else "invalid query parameter",
-                **error,
-            }
-        operation: dict[str, Any] = {
-            "summary": e.summary,
-            "operationId": e.handler.__name__,
-            "parameters": [
-                {
-                    "name": p,
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                    "description": "an id (uuid); anything else is 404",
-                }
-                for p in path_ids
-            ]
-            + [
-                {"name": q.name, "in": "query", "description": q.description, "schema": q.schema()}
-                for q in e.query
-            ],
-            "responses": responses,
-        }
-        if e.body is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": schema_of[repr(e.body)]}},
-            }
-        ok: dict[str, Any] = {"description": "OK"}
-        if e.response is not None:
-            ok["content"] = {"application/json": {"schema": schema_of[repr(e.response)]}}
-        operation["responses"][str(e.status)] = ok
-        paths.setdefault(PREFIX + e.path, {})[e.method.lower()] = operation
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "chat-server REST API", "version": "1"},
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
-        "paths": paths,
-    }
+    return rest.openapi(ENDPOINTS)

@@ -19,22 +19,19 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from chat_server import api, http
-from chat_server.auth import Authenticator
 from chat_server.bus import Bus
 from chat_server.bus.memory import MemoryBus
 from chat_server.config import Settings
-from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.inflight.memory import MemoryInflight
 from chat_server.llm.gemini import GeminiEmbedder, GeminiProvider
 from chat_server.llm.simulator import LoopbackSimulator, SimConfig
-from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore, PresenceTracker
+from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore
 from chat_server.presence.memory import MemoryPresence
 from chat_server.router.embedding import DIM, Embedder, HashingEmbedder
-from chat_server.runtime import Drain, Runtime
+from chat_server.router.learning import reembed
+from chat_server.runtime import Runtime
 from chat_server.storage.db import make_engine, make_sessionmaker
-from chat_server.storage.users import UserIds
-from chat_server.turns import Turns, reembed
 from chat_server.ws import websocket_endpoint
 
 log = logging.getLogger("chat_server")
@@ -129,7 +126,6 @@ def create_app(settings: Settings) -> Starlette:
                 stack.push_async_callback(asyncio.to_thread, simulator.stop)
             bus, inflight, presence = await stack.enter_async_context(_backends(settings))
             await bus.start()
-            hub = Hub(bus=bus, node_id=settings.node_id)
             llm = GeminiProvider(
                 api_key=api_key, base_url=base_url, attempts=settings.gemini_attempts
             )
@@ -140,26 +136,16 @@ def create_app(settings: Settings) -> Starlette:
                 if settings.embedder == "gemini"
                 else HashingEmbedder()
             )
-            turns = Turns(
+            runtime = Runtime.wire(
+                settings,
                 db=db,
-                hub=hub,
                 bus=bus,
                 inflight=inflight,
+                presence=presence,
                 llm=llm,
                 embedder=embedder,
-                settings=settings,
             )
-            runtime = Runtime(
-                settings=settings,
-                db=db,
-                hub=hub,
-                turns=turns,
-                auth=Authenticator(settings.jwt_secret),
-                bus=bus,
-                drain=Drain(),
-                presence=PresenceTracker(presence, hub.publish),
-                users=UserIds(db, default_model=settings.gemini_model),
-            )
+            turns = runtime.turns
             app.state.runtime = runtime
             embedded = await reembed(db, embedder)
             if embedded:

@@ -3,13 +3,13 @@
 Domain code (auth, router, turns, conversation use cases) raises ``ChatError``; it never
 raises a wire exception. The mapping happens once per edge:
 
-- WebSocket (``session.handle``): an ``error`` frame with ``retryable`` from
+- WebSocket (``ws.handle``): an ``error`` frame with ``retryable`` from
   ``protocol.errors.RETRYABLE`` and ``retry_after_ms``, or, for the codes in
   ``CLOSES``, the connection closes with that code (a bad token: 4401, don't retry);
 - REST (``api``): the HTTP status in ``HTTP_STATUS``, the code as the body's ``error``.
 
 Protocol-level faults of a frame (not JSON, no ``hello`` first) are the protocol's own
-``ErrorReply``, raised by ``protocol`` and ``session`` only.
+``ErrorReply``, raised by ``protocol`` and ``session`` only, and answered in ``ws`` the same way.
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ from chat_server.auth import Authenticator
 from chat_server.bus import Bus
 from chat_server.config import Settings
 from chat_server.hub import Hub
-from chat_server.presence import PresenceTracker
+from chat_server.inflight import Inflight
+from chat_server.llm import LLMProvider
+from chat_server.presence import PresenceStore, PresenceTracker
+from chat_server.router.embedding import Embedder
 from chat_server.storage.users import UserIds
 from chat_server.turns import Turns
 from protocol.errors import CloseCode
@@ -74,3 +77,38 @@ class Runtime:
     drain: Drain
     presence: PresenceTracker
     users: UserIds
+
+    @classmethod
+    def wire(
+        cls,
+        settings: Settings,
+        *,
+        db: async_sessionmaker[AsyncSession],
+        bus: Bus,
+        inflight: Inflight,
+        presence: PresenceStore,
+        llm: LLMProvider,
+        embedder: Embedder,
+    ) -> Runtime:
+        """The one way the parts are put together (the app, and tests on memory backends)."""
+        hub = Hub(bus=bus, node_id=settings.node_id)
+        turns = Turns(
+            db=db,
+            hub=hub,
+            bus=bus,
+            inflight=inflight,
+            llm=llm,
+            embedder=embedder,
+            settings=settings,
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            hub=hub,
+            turns=turns,
+            auth=Authenticator(settings.jwt_secret),
+            bus=bus,
+            drain=Drain(),
+            presence=PresenceTracker(presence, hub.publish),
+            users=UserIds(db, default_model=settings.gemini_model),
+        )

@@ -13,7 +13,7 @@ import uuid
 from chat_server.errors import ChatError
 from chat_server.feed import FINISHED_MEMORY
 from chat_server.turns import Prepared, Turns
-from protocol.messages import Input, InterruptOn
+from protocol.messages import Input, InterruptOn, SessionOptions
 
 PREPARED_FRESH_S = 5.0  # a route/history prepared from partials is reused this long
 INTERRUPT_WAIT_S = 2.0  # how long a final input waits for the reply it interrupted to store
@@ -25,6 +25,20 @@ class Voice:
         self._prepared: dict[uuid.UUID, tuple[float, asyncio.Task[Prepared]]] = {}
         # Input ids that already interrupted a reply: an ordered set, oldest dropped first.
         self._interrupted_by: dict[str, None] = {}
+
+    async def on_input(
+        self, message: Input, options: SessionOptions, owner_id: uuid.UUID
+    ) -> Prepared | None:
+        """An ``input`` frame's turn work: barge-in, then for a final transcript what was
+        prepared for it (None if nothing, or if a reply was interrupted: its stored text
+        changed the history); for a partial, early routing if the options ask for it."""
+        interrupted = await self.interrupt(message, options.interrupt_on)
+        if message.final:
+            prepared = await self.take_prepared(message.conversation_id)
+            return None if interrupted else prepared
+        if options.early_routing:
+            self.prepare(owner_id, message.conversation_id, message.text)
+        return None
 
     async def interrupt(self, message: Input, when: InterruptOn) -> bool:
         """Barge-in: stop the reply streaming in the conversation, keeping

@@ -1,7 +1,11 @@
-"""The WebSocket route: origin check, accept, then receive → Session.handle, until close.
+"""The WebSocket route: origin check, accept, then receive → decode → Session.dispatch,
+until close.
 
 Auth happens in the first frame (``hello``), so no token ever appears in a URL or an
 access log. Everything written to the socket goes through the session's writer task.
+Errors become what the client sees here, once: a domain ``ChatError`` or a protocol
+``ErrorReply`` an ``error`` frame (``retryable`` from ``RETRYABLE``, with
+``retry_after_ms``), a code in ``CLOSES`` that close code, anything else ``internal``.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chat_server.config import Settings
+from chat_server.errors import CLOSES, ChatError
 from chat_server.runtime import Drain, Runtime
 from chat_server.session import Session, SessionState
-from protocol.errors import CloseCode, Disconnect
+from chat_server.wire import error_frame
+from protocol import decode_client
+from protocol.errors import CloseCode, Disconnect, ErrorCode, ErrorReply
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +93,28 @@ async def _receive_loop(
         data = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
-        await session.handle(data)
+        await handle(session, data)
+
+
+async def handle(session: Session, data: str | bytes) -> None:
+    """One client frame: decoded, dispatched, and its error (if any) answered."""
+    request_id: str | None = None
+    try:
+        message = decode_client(data)
+        request_id = getattr(message, "id", None)
+        await session.dispatch(message)
+    except ChatError as exc:
+        if exc.code in CLOSES:
+            raise Disconnect(CLOSES[exc.code], exc.message) from None
+        session.reply(error_frame(exc.code, exc.message, request_id, exc.retry_after_ms))
+    except ErrorReply as exc:
+        request_id = exc.request_id or request_id
+        session.reply(error_frame(exc.code, exc.message, request_id, exc.retry_after_ms))
+    except Disconnect:
+        raise
+    except Exception:
+        log.exception("session %s: frame failed", session.id)
+        session.reply(error_frame(ErrorCode.INTERNAL, "internal error", request_id))
 
 
 __all__ = ["Drain", "websocket_endpoint"]

@@ -1,4 +1,4 @@
-"""turns.py without a server: a scripted model, the memory bus and in-flight state, real
+"""chat_server.turns without a server: a scripted model, the memory bus and in-flight state, real
 Postgres. What a generation publishes and stores for each way a model stream can go."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from chat_server.llm import LLMChunk, LLMError, LLMRequest
 from chat_server.router.embedding import HashingEmbedder
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
-from chat_server.turns import Turns
+from chat_server.turns import TurnRequest, Turns
 from protocol import decode_server
 from protocol.errors import ErrorCode
-from protocol.messages import Delta, TurnEnd
+from protocol.messages import Ack, Delta, TurnEnd
 from tests.wsclient import new_user
 
 pytestmark = pytest.mark.asyncio
@@ -83,19 +83,14 @@ async def run_turn(
         conversation = await conversations.create(s, owner.id, title=None, assistant_id=None)
     recorder = Recorder()
     await hub.join(conversation.id, recorder)
-    stored, turn = await turns.store(
-        owner_id=owner.id,
-        conversation_id=conversation.id,
-        client_id="c1",
-        text="hello there",
-        assistant_id=None,
-    )
-    assert turn is not None
-    await turns.start(stored, turn)
+    acks: list[tuple[Ack, int]] = []  # each ack, and how many events were out before it
+    request = TurnRequest(owner.id, conversation.id, "c1", "hello there")
+    stored = await turns.submit(request, lambda ack: acks.append((ack, len(recorder.events))))
+    assert stored.generation is not None
+    assert acks == [(stored.ack, 0)], "acked once, before the message or turn_start went out"
     await asyncio.wait_for(recorder.ended.wait(), 10)
-    assert stored.reply is not None
     async with db() as s:
-        row = await s.get(MessageRow, stored.reply.id)
+        row = await s.get(MessageRow, stored.generation.turn_id)
     assert row is not None
     return recorder, row, turns
 

@@ -8,12 +8,16 @@ from typing import Any
 
 import pytest
 
+from chat_server.bus.memory import MemoryBus
 from chat_server.config import Settings
-from chat_server.feed import ConversationFeed
 from chat_server.hub import Event
 from chat_server.inflight.memory import MemoryInflight
+from chat_server.llm.gemini import GeminiProvider
+from chat_server.presence.memory import MemoryPresence
+from chat_server.router.embedding import HashingEmbedder
 from chat_server.runtime import Runtime
 from chat_server.session import Session, SessionState
+from chat_server.storage.db import make_engine, make_sessionmaker
 from protocol import decode_server, encode
 from protocol.errors import CloseCode
 from protocol.messages import (
@@ -52,32 +56,25 @@ class GatedTransport:
         self.closed = (code, reason)
 
 
-class FakeTurns:
-    def __init__(self) -> None:
-        self.inflight = MemoryInflight()
-
-
 def ready_session(
     transport: GatedTransport, outbox_frames: int = 100, outbox_bytes: int = 1 << 20
 ) -> Session:
+    """A session past hello with CONV joined and live, on a runtime wired as the app wires
+    it, with memory backends (nothing here reaches Postgres: the engine never connects)."""
     settings = Settings(outbox_frames=outbox_frames, outbox_bytes=outbox_bytes)
-    runtime = Runtime(
-        settings=settings,
-        db=None,  # type: ignore[arg-type]
-        hub=None,  # type: ignore[arg-type]
-        turns=FakeTurns(),  # type: ignore[arg-type]
-        auth=None,  # type: ignore[arg-type]
-        bus=None,  # type: ignore[arg-type]
-        drain=None,  # type: ignore[arg-type]
-        presence=None,  # type: ignore[arg-type]
-        users=None,  # type: ignore[arg-type]
+    runtime = Runtime.wire(
+        settings,
+        db=make_sessionmaker(make_engine("postgresql+asyncpg://unused@127.0.0.1:9/none")),
+        bus=MemoryBus(),
+        inflight=MemoryInflight(),
+        presence=MemoryPresence(),
+        llm=GeminiProvider(api_key="unused", base_url="http://127.0.0.1:9", attempts=1),
+        embedder=HashingEmbedder(),
     )
     session = Session(runtime, transport)
     session.state = SessionState.READY
-    feed = ConversationFeed(CONV, session._replies, buffer_limit=outbox_frames)
-    feed.go_live()
-    session._joined[CONV] = feed
-    session._replies.offsets[TURN] = 0  # as if its turn_start had been delivered
+    # as if its turn_start had been delivered: the client has 0 characters of TURN
+    session.delivery.open(CONV, {TURN: 0}).go_live()
     return session
 
 
@@ -236,7 +233,7 @@ async def test_a_delta_ahead_of_the_sent_text_is_repaired_from_shared_state() ->
     session.deliver(delta(0, "Hel"))
     session.deliver(delta(7, "wor"))  # "lo, " was lost on the way
     for _ in range(100):
-        if session._replies.offsets.get(TURN) == 10:
+        if session.delivery.replies.offsets.get(TURN) == 10:
             break
         await asyncio.sleep(0.01)
     session.deliver(delta(10, "ld"))

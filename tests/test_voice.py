@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server.storage.models import Message as MessageRow
+from chat_server.turns import TurnRequest
 from protocol.messages import (
     Ack,
     Delta,
@@ -188,7 +189,7 @@ async def test_early_routing_with_a_settled_history_gives_the_same_model_request
     turns = server.server.config.loaded_app.app.state.runtime.turns
     prepared_ready = threading.Event()
     used_prepared: list[bool] = []
-    prepare, store = turns.prepare, turns.store
+    prepare, store = turns.prepare, turns.intake.store
 
     async def prepare_spy(**kwargs: Any) -> Any:
         try:
@@ -196,12 +197,12 @@ async def test_early_routing_with_a_settled_history_gives_the_same_model_request
         finally:
             prepared_ready.set()
 
-    async def store_spy(**kwargs: Any) -> Any:
-        used_prepared.append(kwargs.get("prepared") is not None)
-        return await store(**kwargs)
+    async def store_spy(request: TurnRequest) -> Any:
+        used_prepared.append(request.prepared is not None)
+        return await store(request)
 
     monkeypatch.setattr(turns, "prepare", prepare_spy)
-    monkeypatch.setattr(turns, "store", store_spy)
+    monkeypatch.setattr(turns.intake, "store", store_spy)
     bodies = []
     for early in (True, False):
         prepared_ready.clear()

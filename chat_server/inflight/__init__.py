@@ -1,7 +1,7 @@
 """Shared state of the replies being generated: their text so far and a lease.
 
 Backends: ``memory.py`` (one process) and ``redis.py`` (replicas). Only the backend
-modules import their driver. ``turns.py`` is the only writer; sessions read it to
+modules import their driver. ``turns`` is the only writer; sessions read it to
 catch a joining or repairing device up.
 """
 
@@ -12,6 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
+from protocol.messages import TurnStart
+
 
 @dataclass(frozen=True, slots=True)
 class InflightTurn:
@@ -20,6 +24,15 @@ class InflightTurn:
     start: bytes  # the encoded turn_start frame
     text: str
     node: str  # the replica generating it
+
+
+_start_decoder = msgspec.json.Decoder(TurnStart)
+
+
+def started(turn: InflightTurn) -> TurnStart:
+    """The turn_start of a reply the shared state holds (written by whichever replica
+    runs it, so it comes back as bytes)."""
+    return _start_decoder.decode(turn.start)
 
 
 class Inflight(Protocol):

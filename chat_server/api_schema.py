@@ -1,0 +1,148 @@
+"""The REST API's request and response bodies (msgspec types): validated on the way in,
+and the source of the OpenAPI document's schemas."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+
+from protocol.messages import NO_NUL, MessageInfo
+
+# Every string a client sends is free of NUL: Postgres rejects it in text (a 500 before).
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=NO_NUL)]
+Prose = Annotated[str, msgspec.Meta(max_length=20_000, pattern=NO_NUL)]
+Description = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
+Title = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
+TurnText = Annotated[str, msgspec.Meta(min_length=1, max_length=16_000, pattern=NO_NUL)]
+Model = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[\w.\-/:]+$")]
+Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=200)]
+
+
+class _In(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class AssistantIn(_In):
+    name: Name
+    description: Prose = ""
+    system_prompt: Prose = ""
+    default_model: Model | None = None  # the server's GEMINI_MODEL when omitted
+    complex_model: Model | None = None
+
+
+class AssistantPatch(_In):
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    description: Prose | msgspec.UnsetType = msgspec.UNSET
+    system_prompt: Prose | msgspec.UnsetType = msgspec.UNSET
+    default_model: Model | msgspec.UnsetType = msgspec.UNSET
+    complex_model: Model | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class AssistantOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    name: str
+    description: str
+    system_prompt: str
+    default_model: str
+    complex_model: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SkillIn(_In):
+    name: Name
+    description: Description
+    threshold: Threshold | None = None  # the embedder's default_threshold when omitted
+
+
+class SkillPatch(_In):
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
+    threshold: Threshold | msgspec.UnsetType = msgspec.UNSET
+
+
+class SkillOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    assistant_id: uuid.UUID
+    name: str
+    description: str
+    threshold: float
+    examples: int  # turns learned from feedback
+
+
+class ConversationIn(_In):
+    title: Title | None = None
+    assistant_id: uuid.UUID | None = None
+
+
+class ConversationOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    title: str | None
+    assistant_id: uuid.UUID | None
+    last_seq: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConversationPage(msgspec.Struct, kw_only=True):
+    items: list[ConversationOut]
+    next_cursor: str | None  # pass as ?cursor= for the next (older) page
+
+
+class MessagePage(msgspec.Struct, kw_only=True):
+    messages: list[MessageInfo]  # oldest first
+    has_more: bool  # older messages exist: ?before_seq=<first seq>
+
+
+class RouteIn(_In):
+    text: TurnText
+    conversation_id: uuid.UUID | None = None
+    assistant_id: uuid.UUID | None = None
+
+
+class Candidate(msgspec.Struct, kw_only=True):
+    skill_id: uuid.UUID
+    skill: str
+    assistant_id: uuid.UUID
+    assistant: str
+    score: float
+    threshold: float
+    via_example: bool
+
+
+class AssistantRefOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    name: str
+
+
+class RouteOut(msgspec.Struct, kw_only=True):
+    assistant: AssistantRefOut
+    model: str
+    reason: str  # explicit | skill | default | fallback
+    skill: str | None
+    skill_id: uuid.UUID | None
+    score: float | None
+    language: str
+    kind: str
+    complexity: str
+    why: str
+    candidates: list[Candidate]  # nearest skills, best first
+
+
+class FeedbackIn(_In):
+    """``message_id`` is the misrouted user turn (or its reply); ``assistant_id`` the
+    assistant that should have answered; ``skill_id`` optionally the skill it fits."""
+
+    message_id: uuid.UUID
+    assistant_id: uuid.UUID
+    skill_id: uuid.UUID | None = None
+
+
+class FeedbackOut(msgspec.Struct, kw_only=True):
+    skill_id: uuid.UUID
+    example_id: uuid.UUID
+    created_skill: bool  # the assistant had no skill: one was made from the turn

@@ -1,0 +1,106 @@
+"""Turns: a user turn from its frame to a stored reply, in three parts.
+
+- ``intake``: validate, embed, route and store a turn (``Stored``: the ack and the
+  generation that answers it);
+- ``generation``: one reply being generated here, an object that owns its task, text,
+  flusher and shared state, and ends with one final write (``final``);
+- ``liveness``: leases, the sweeper, cancel over the control channel, waiting for an end.
+
+``Turns`` wires them and keeps this replica's running generations. It never talks to a
+socket; everything goes out through the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat_server.bus import Bus
+from chat_server.config import Settings
+from chat_server.hub import Hub
+from chat_server.inflight import Inflight
+from chat_server.llm import LLMProvider
+from chat_server.router.embedding import Embedder
+from chat_server.turns.final import Finals
+from chat_server.turns.generation import Context, Generation
+from chat_server.turns.intake import Intake, Prepared, Stored, TurnRequest
+from chat_server.turns.liveness import Liveness
+from protocol.messages import Ack
+
+__all__ = ["Generation", "Prepared", "Stored", "TurnRequest", "Turns"]
+
+
+class Turns:
+    def __init__(
+        self,
+        *,
+        db: async_sessionmaker[AsyncSession],
+        hub: Hub,
+        bus: Bus,
+        inflight: Inflight,
+        llm: LLMProvider,
+        embedder: Embedder,
+        settings: Settings,
+    ) -> None:
+        self.inflight = inflight
+        self.embedder = embedder
+        self._running: dict[uuid.UUID, Generation] = {}
+        finals = Finals(db=db, hub=hub, inflight=inflight)
+        context = Context(
+            db=db, hub=hub, inflight=inflight, llm=llm, settings=settings, finals=finals
+        )
+        self.intake = Intake(
+            db=db, inflight=inflight, embedder=embedder, settings=settings, context=context
+        )
+        self.liveness = Liveness(
+            db=db,
+            hub=hub,
+            bus=bus,
+            inflight=inflight,
+            settings=settings,
+            finals=finals,
+            running=self._running,
+        )
+        self.embed_turn = self.intake.embed_turn
+        self.prepare = self.intake.prepare
+        self.cancel = self.liveness.cancel
+        self.wait_finished = self.liveness.wait_finished
+        self.run = self.liveness.run
+        self.sweep = self.liveness.sweep
+
+    async def submit(self, request: TurnRequest, acknowledge: Callable[[Ack], None]) -> Stored:
+        """Store a turn, acknowledge it, then start its reply: in this order, here only.
+
+        ``acknowledge`` runs once the turn is committed and before anything about its
+        reply is published, so a device always has its ``ack`` before the reply's
+        ``turn_start`` (and a duplicate is acked without starting anything)."""
+        stored = await self.intake.store(request)
+        acknowledge(stored.ack)
+        if stored.generation is not None:
+            self._running[stored.generation.turn_id] = stored.generation
+            await stored.generation.begin(stored.user_message, self._ended)
+        return stored
+
+    def _ended(self, generation: Generation) -> None:
+        self._running.pop(generation.turn_id, None)
+
+    def _tasks(self) -> list[asyncio.Task[None]]:
+        return [g.task for g in self._running.values() if g.task is not None]
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait for running generations to finish; True if all did in time."""
+        tasks = self._tasks()
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        return not pending
+
+    async def shutdown(self) -> None:
+        """Stop every generation; each stores its partial text as an error."""
+        tasks = self._tasks()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,326 @@
+"""One reply being generated on this replica, as an object that owns its task, its
+text, its flusher and its shared state (the text so far that other replicas read).
+
+A generation belongs to the server, not to the socket that asked for it: it runs to the
+end whoever disconnects and always ends with exactly one final write and one
+``turn_end`` (``Finals``). Nothing outside calls into its stream: ``cancel`` asks it to
+stop, ``shared_lost`` tells it Redis forgot its state; it does the rest itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat_server import router
+from chat_server.config import Settings
+from chat_server.hub import Hub
+from chat_server.inflight import Inflight
+from chat_server.llm import ChatTurn, LLMError, LLMProvider, LLMRequest
+from chat_server.storage import queries
+from chat_server.storage.models import Message as MessageRow
+from chat_server.turns.final import Finals
+from chat_server.wire import message_info
+from protocol import encode
+from protocol.errors import ErrorCode
+from protocol.messages import Delta, ErrorInfo, FinishReason, Message, TurnStart, Usage
+
+# The logger operators filter on for the one line per turn; stable across refactors.
+log = logging.getLogger("chat_server.turns")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every generation of this replica shares."""
+
+    db: async_sessionmaker[AsyncSession]
+    hub: Hub
+    inflight: Inflight
+    llm: LLMProvider
+    settings: Settings
+    finals: Finals
+
+
+class GenerationState(enum.Enum):
+    STREAMING = "streaming"
+    FINISHING = "finishing"  # writing the final text; cancel no longer applies
+
+
+def chat_turns(rows: list[MessageRow]) -> list[ChatTurn]:
+    return [ChatTurn("user" if r.role == "user" else "model", r.text) for r in rows]
+
+
+class Generation:
+    def __init__(
+        self,
+        ctx: Context,
+        start: TurnStart,
+        *,
+        system_prompt: str,
+        user_seq: int,
+        history: list[ChatTurn] | None,
+    ) -> None:
+        self._ctx = ctx
+        self.start = start
+        self._system_prompt = system_prompt
+        self._user_seq = user_seq
+        self._history = history  # prepared ahead; else loaded when generating
+        self.state = GenerationState.STREAMING
+        self.text = ""
+        self._pending = ""  # generated, not yet shared and published
+        self._published = 0  # characters shared and published so far
+        # False after a write to the shared state failed, or when Redis lost it: the next
+        # flush writes the whole text again instead of appending.
+        self._shared_ok = True
+        self._flusher: asyncio.Task[None] | None = None
+        self._cancelled = False
+        self._heard_chars: int | None = None  # set by a cancel with heard_chars
+        self.task: asyncio.Task[None] | None = None
+        self._started_at = time.monotonic()
+        self._first_token_at: float | None = None
+
+    @property
+    def turn_id(self) -> uuid.UUID:
+        return self.start.turn_id
+
+    @property
+    def conversation_id(self) -> uuid.UUID:
+        return self.start.conversation_id
+
+    async def begin(self, user_message: MessageRow, on_done: Callable[[Generation], None]) -> None:
+        """Take the lease, announce the stored user message and the reply, then generate
+        in the background; ``on_done`` runs once the reply is stored."""
+        ctx = self._ctx
+        await ctx.inflight.begin(
+            self.turn_id, self.conversation_id, encode(self.start), ctx.settings.node_id
+        )
+        await ctx.hub.publish(
+            Message(
+                conversation_id=self.conversation_id,
+                seq=user_message.seq,
+                message=message_info(user_message),
+            )
+        )
+        await ctx.hub.publish(self.start)
+        self.task = asyncio.create_task(self._run(on_done), name=f"turn-{self.turn_id}")
+
+    def cancel(self, heard_chars: int | None) -> None:
+        """Stop streaming; keep the text (only ``heard_chars`` of it, if given)."""
+        if self._cancelled or self.state is not GenerationState.STREAMING:
+            return
+        self._cancelled = True
+        self._heard_chars = heard_chars
+        if self.task is not None:
+            self.task.cancel()
+
+    def shared_lost(self) -> None:
+        """Redis lost this reply's shared state (it restarted empty): write it again."""
+        if self.state is not GenerationState.STREAMING:
+            return
+        log.warning("shared state of turn %s was lost (Redis restarted?); restoring", self.turn_id)
+        self._shared_ok = False
+        self._kick_flusher()
+
+    # ------------------------------------------------------------------ the task
+
+    async def _run(self, on_done: Callable[[Generation], None]) -> None:
+        finish = FinishReason.ERROR
+        usage = Usage()
+        error: ErrorInfo | None = None
+        shutting_down = False
+        try:
+            finish, usage = await self._generate()
+        except LLMError as exc:
+            error = ErrorInfo(
+                code=exc.code,
+                message=exc.message,
+                retryable=exc.code != ErrorCode.LLM_REJECTED,
+                retry_after_ms=exc.retry_after_ms,
+            )
+        except TimeoutError:
+            error = ErrorInfo(
+                code=ErrorCode.LLM_UNAVAILABLE,
+                message=f"model sent nothing for {self._ctx.settings.llm_stall_s:g}s",
+                retryable=True,
+            )
+        except asyncio.CancelledError:
+            if self._cancelled:
+                finish = (
+                    FinishReason.INTERRUPTED
+                    if self._heard_chars is not None
+                    else FinishReason.CANCELLED
+                )
+            else:
+                shutting_down = True
+                error = ErrorInfo(
+                    code=ErrorCode.INTERNAL, message="server shut down", retryable=True
+                )
+        except Exception:
+            log.exception("generation of turn %s failed", self.turn_id)
+            error = ErrorInfo(code=ErrorCode.INTERNAL, message="generation failed", retryable=True)
+        try:
+            await self._finish(finish, usage, error)
+        finally:
+            on_done(self)
+            self._log(finish, usage, error)
+        if shutting_down:
+            raise asyncio.CancelledError
+
+    async def _generate(self) -> tuple[FinishReason, Usage]:
+        ctx, settings = self._ctx, self._ctx.settings
+        history = self._history
+        if history is None:
+            async with ctx.db.begin() as s:
+                rows = await queries.context_window(
+                    s,
+                    self.conversation_id,
+                    before_seq=self._user_seq + 1,
+                    limit=settings.history_messages,
+                )
+            history = chat_turns(rows)
+        request = LLMRequest(
+            model=self.start.model,
+            system_prompt=self._system_prompt,
+            history=router.fit_history(history, settings.history_tokens),
+            max_output_tokens=settings.max_output_tokens,
+        )
+        usage = Usage()
+        stream = ctx.llm.stream(request)
+        # Before the first chunk the provider may retry (a 429) and back off: that wait
+        # is not a stall, and must not turn a rate limit into llm_unavailable.
+        bound = settings.llm_stall_s + ctx.llm.retry_budget_s
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(bound):
+                        chunk = await anext(stream)
+                    bound = settings.llm_stall_s
+                except StopAsyncIteration:
+                    raise LLMError(
+                        ErrorCode.LLM_UNAVAILABLE, "model stream ended without a finish reason"
+                    ) from None
+                if chunk.input_tokens is not None:
+                    usage.input_tokens = chunk.input_tokens
+                if chunk.output_tokens is not None:
+                    usage.output_tokens = chunk.output_tokens
+                if chunk.text:
+                    if self._first_token_at is None:
+                        self._first_token_at = time.monotonic()
+                    # Postgres refuses NUL in text; U+FFFD keeps the length, so every
+                    # device and the stored reply agree on offsets.
+                    piece = chunk.text.replace("\x00", "\ufffd")
+                    self.text += piece
+                    self._pending += piece
+                    self._kick_flusher()
+                if chunk.finish_reason is not None:
+                    # Let the upstream response end on its own so its connection is
+                    # released in this task, not finalized later by the garbage collector.
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(1.0):
+                            async for _ in stream:
+                                pass
+                    return FinishReason(chunk.finish_reason), usage
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ sharing the text
+
+    def _kick_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Share and publish what the model generated, as one delta per round trip.
+
+        While a delta is on its way (the shared-text write and the publish each wait for
+        Redis), the tokens that arrive meanwhile queue up in ``_pending`` and leave
+        together as the next delta. A model slower than a round trip gets every chunk
+        relayed on its own; a faster one (or a loaded Redis) gets fewer, larger deltas,
+        identical on every replica since local devices receive the same delta events.
+        """
+        while self._pending or not self._shared_ok:
+            text, self._pending = self._pending, ""
+            offset = self._published
+            self._published += len(text)
+            shared = await self._share(text)
+            if text:
+                await self._ctx.hub.publish(
+                    Delta(
+                        conversation_id=self.conversation_id,
+                        turn_id=self.turn_id,
+                        offset=offset,
+                        text=text,
+                    )
+                )
+            if not shared and not self._pending:
+                return  # Redis is away: the next renewal or chunk tries again
+
+    async def _share(self, text: str) -> bool:
+        """Write the reply's new text to the shared state; False if that failed.
+
+        Shared text is written before the delta is published, so a device repairing a
+        gap always finds the text it saw a delta for. After a failed write (or when Redis
+        lost the state) the next write is the whole text so far, never an append after
+        a hole: the shared copy is always a true prefix of the reply."""
+        inflight = self._ctx.inflight
+        try:
+            if self._shared_ok:
+                await inflight.append(self.turn_id, text)
+            else:
+                await inflight.restore(
+                    self.turn_id,
+                    self.conversation_id,
+                    encode(self.start),
+                    self._ctx.settings.node_id,
+                    self.text[: self._published],
+                )
+                self._shared_ok = True
+                log.info("shared text of turn %s restored", self.turn_id)
+            return True
+        except Exception:
+            if self._shared_ok:
+                log.warning("shared text of turn %s is stale until Redis is back", self.turn_id)
+            self._shared_ok = False
+            return False
+
+    # ------------------------------------------------------------------ the end
+
+    async def _finish(self, finish: FinishReason, usage: Usage, error: ErrorInfo | None) -> None:
+        self.state = GenerationState.FINISHING
+        if self._flusher is not None:  # every delta goes out before the turn_end
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flusher)
+        text = self.text
+        if finish is FinishReason.INTERRUPTED and self._heard_chars is not None:
+            text = text[: self._heard_chars]
+        await self._ctx.finals.store_end(
+            self.conversation_id, self.turn_id, text, finish, usage, error
+        )
+
+    def _log(self, finish: FinishReason, usage: Usage, error: ErrorInfo | None) -> None:
+        """The one line per turn an operator reads: what it did, never what it said."""
+        started, first = self._started_at, self._first_token_at
+        fields = {
+            "conversation": self.conversation_id,
+            "turn": self.turn_id,
+            "assistant": self.start.assistant.id,
+            "route": self.start.route.reason,
+            "model": self.start.model,
+            "ttft_ms": round((first - started) * 1000) if first is not None else None,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "chars": len(self.text),
+            "duration_ms": round((time.monotonic() - started) * 1000),
+            "finish": finish.value,
+            "error": error.code if error is not None else None,
+        }
+        log.info("turn", extra={"fields": fields})

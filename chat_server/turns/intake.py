@@ -1,0 +1,191 @@
+"""Intake: a user turn from text to a committed row and a generation ready to start.
+
+Validate, embed, route and store in one transaction. The result carries the ``ack``
+(the turn is committed: the device may drop it from its outbox) and the generation
+that answers it; ``Turns.submit`` hands the ack over before it starts the generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat_server import conversations, router
+from chat_server.config import Settings
+from chat_server.errors import ChatError
+from chat_server.inflight import Inflight
+from chat_server.llm import ChatTurn
+from chat_server.router.embedding import Embedder
+from chat_server.storage import queries
+from chat_server.storage.models import Conversation
+from chat_server.storage.models import Message as MessageRow
+from chat_server.turns.generation import Context, Generation, chat_turns
+from chat_server.wire import route_info, to_builtins
+from protocol.errors import ErrorCode
+from protocol.messages import Ack, AssistantRef, TurnStart
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A turn worked out ahead (early routing, while a voice user is still speaking):
+    the route and the model history, as of ``last_seq``."""
+
+    conversation_id: uuid.UUID
+    decision: router.Decision
+    history: list[ChatTurn]
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    owner_id: uuid.UUID
+    conversation_id: uuid.UUID
+    client_id: str
+    text: str
+    assistant_id: uuid.UUID | None = None
+    prepared: Prepared | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A committed user turn: its ack, its row, and the generation that will answer it
+    (None for a duplicate, already answered or being answered)."""
+
+    ack: Ack
+    user_message: MessageRow
+    generation: Generation | None
+
+
+class Intake:
+    def __init__(
+        self,
+        *,
+        db: async_sessionmaker[AsyncSession],
+        inflight: Inflight,
+        embedder: Embedder,
+        settings: Settings,
+        context: Context,
+    ) -> None:
+        self._db = db
+        self._inflight = inflight
+        self.embedder = embedder
+        self._settings = settings
+        self._context = context
+
+    async def embed_turn(self, text: str) -> list[float] | None:
+        """The turn's vector for skill matching; None (route without skills) on failure."""
+        try:
+            return (await self.embedder.embed([text]))[0]
+        except Exception:
+            log.warning("embedding failed; routing without skills", exc_info=True)
+            return None
+
+    async def prepare(
+        self, *, owner_id: uuid.UUID, conversation_id: uuid.UUID, text: str
+    ) -> Prepared:
+        """Do ahead what a turn needs before its text is final: routing and history.
+        While a reply is streaming the history is not final either: then only the
+        route is prepared (``last_seq`` -1 makes ``store`` load the history)."""
+        vector = await self.embed_turn(text)
+        async with self._db.begin() as s:
+            conversation, decision = await self._decide(
+                s, owner_id, conversation_id, text, vector, None
+            )
+            rows = await queries.context_window(
+                s,
+                conversation_id,
+                before_seq=conversation.last_seq + 1,
+                limit=self._settings.history_messages - 1,
+            )
+        settled = not await self._inflight.active(conversation_id)
+        last_seq = conversation.last_seq if settled else -1
+        return Prepared(conversation_id, decision, chat_turns(rows), last_seq)
+
+    async def store(self, request: TurnRequest) -> Stored:
+        """Validate, route and commit a user turn.
+
+        With ``prepared`` (and no explicit assistant) the route is not worked out again,
+        and if nothing was stored in between, neither is the history."""
+        text, conversation_id = request.text, request.conversation_id
+        if len(text) > self._settings.max_text_chars:
+            raise ChatError(
+                ErrorCode.TEXT_TOO_LONG,
+                f"text is {len(text)} characters; the limit is {self._settings.max_text_chars}",
+            )
+        if not text.strip():
+            raise ChatError(ErrorCode.BAD_MESSAGE, "text must not be empty")
+        prepared = request.prepared
+        if request.assistant_id is not None or (
+            prepared and prepared.conversation_id != conversation_id
+        ):
+            prepared = None
+        vector = None if prepared or request.assistant_id else await self.embed_turn(text)
+        async with self._db.begin() as s:
+            if prepared is not None:
+                decision = prepared.decision  # the session joined it: ownership is known
+            else:
+                _, decision = await self._decide(
+                    s, request.owner_id, conversation_id, text, vector, request.assistant_id
+                )
+            route = route_info(decision)
+            stored = await queries.store_turn(
+                s,
+                conversation_id,
+                client_id=request.client_id,
+                text=text,
+                assistant_id=decision.assistant.id,
+                reply_meta={"model": decision.model, "route": to_builtins(route)},
+            )
+        user = stored.user_message
+        ack = Ack(
+            id=request.client_id, message_id=user.id, seq=user.seq, duplicate=stored.duplicate
+        )
+        if stored.reply is None:
+            return Stored(ack, user, None)
+        start = TurnStart(
+            conversation_id=conversation_id,
+            seq=stored.reply.seq,
+            turn_id=stored.reply.id,
+            reply_to=user.id,
+            assistant=AssistantRef(id=decision.assistant.id, name=decision.assistant.name),
+            model=decision.model,
+            route=route,
+        )
+        history = None
+        if prepared is not None and prepared.last_seq == user.seq - 1:
+            history = [*prepared.history, ChatTurn("user", text)]
+        generation = Generation(
+            self._context,
+            start,
+            system_prompt=decision.assistant.system_prompt,
+            user_seq=user.seq,
+            history=history,
+        )
+        return Stored(ack, user, generation)
+
+    async def _decide(
+        self,
+        s: AsyncSession,
+        owner_id: uuid.UUID,
+        conversation_id: uuid.UUID,
+        text: str,
+        vector: list[float] | None,
+        assistant_id: uuid.UUID | None,
+    ) -> tuple[Conversation, router.Decision]:
+        """The caller's conversation (else not_found) and the router's decision in it."""
+        conversation, decision = await conversations.route(
+            s,
+            owner_id,
+            conversation_id,
+            text=text,
+            vector=vector,
+            embedder=self.embedder.name,
+            assistant_id=assistant_id,
+        )
+        assert conversation is not None
+        return conversation, decision

@@ -1,0 +1,63 @@
+"""Stored rows and router decisions as wire types: where storage meets the protocol,
+in one place for the WebSocket session, the turns and the REST API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from chat_server import router
+from chat_server.storage.models import Message as MessageRow
+from protocol.errors import RETRYABLE, ErrorCode
+from protocol.messages import Error, FinishReason, MessageInfo, MessageStatus, Role, RouteInfo
+
+
+def message_info(row: MessageRow) -> MessageInfo:
+    meta = row.meta or {}
+    finish = meta.get("finish_reason")
+    return MessageInfo(
+        id=row.id,
+        seq=row.seq,
+        role=Role(row.role),
+        text=row.text,
+        status=MessageStatus(row.status),
+        created_at=row.created_at.isoformat(),
+        client_id=row.client_id,
+        reply_to=row.reply_to,
+        assistant_id=row.assistant_id,
+        model=meta.get("model"),
+        finish_reason=FinishReason(finish) if finish else None,
+    )
+
+
+def route_info(decision: router.Decision) -> RouteInfo:
+    analysis = decision.analysis
+    return RouteInfo(
+        reason=decision.reason,
+        skill=decision.skill,
+        skill_id=decision.skill_id,
+        score=decision.score,
+        language=analysis.language,
+        kind=analysis.kind,
+        complexity=analysis.complexity,
+        why=decision.why,
+    )
+
+
+def error_frame(
+    code: ErrorCode, message: str, request_id: str | None, retry_after_ms: int | None = None
+) -> Error:
+    """The ``error`` frame for a code: retryable or not from ``RETRYABLE``."""
+    return Error(
+        id=request_id,
+        code=code,
+        message=message,
+        retryable=RETRYABLE[code],
+        retry_after_ms=retry_after_ms,
+    )
+
+
+def to_builtins(value: Any) -> Any:
+    """A wire struct as plain JSON values, for a JSONB column."""
+    return msgspec.to_builtins(value)
