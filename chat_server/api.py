@@ -31,6 +31,8 @@ from chat_server.api_schema import (
     ConversationIn,
     ConversationOut,
     ConversationPage,
+    ExampleIn,
+    ExampleOut,
     FeedbackIn,
     FeedbackOut,
     MessagePage,
@@ -52,7 +54,7 @@ from chat_server.rest import (
 from chat_server.router.embedding import phrases
 from chat_server.router.learning import learn_misroute
 from chat_server.storage import queries
-from chat_server.storage.models import Assistant, Conversation, Skill
+from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
 from chat_server.wire import message_info
 from protocol.messages import MAX_SEQ
 
@@ -241,6 +243,45 @@ async def delete_skill(c: Caller) -> Response:
     return Response(status_code=204)
 
 
+def _example_out(e: SkillExample) -> ExampleOut:
+    return ExampleOut(
+        id=e.id, skill_id=e.skill_id, text=e.text, source=e.source, created_at=e.created_at
+    )
+
+
+async def list_examples(c: Caller) -> Response:
+    async with c.db() as s:
+        skill = await _own_skill(s, c)
+        return respond([_example_out(e) for e in await queries.list_examples(s, skill)])
+
+
+async def add_example(c: Caller) -> Response:
+    """An utterance that belongs to the skill; it routes like the skill's description."""
+    body = decode_body(ExampleIn, await c.request.body())
+    embedder = c.runtime.turns.embedder
+    (vector,) = await embedder.embed([body.text])
+    async with c.db() as s:
+        skill = await _own_skill(s, c)
+        example = SkillExample(
+            skill_id=skill.id,
+            owner_id=c.user_id,
+            source="example",
+            text=body.text,
+            embedding=vector,
+            embedder=embedder.name,
+        )
+        s.add(example)
+        await s.flush()
+        await s.refresh(example)
+        return respond(_example_out(example), 201)
+
+
+async def delete_example(c: Caller) -> Response:
+    async with c.db() as s:
+        await s.delete(await _owned(s, c, "example", queries.get_example))
+    return Response(status_code=204)
+
+
 # ---------------------------------------------------------------- conversations
 
 
@@ -324,7 +365,7 @@ async def dry_run(c: Caller) -> Response:
             body.conversation_id,
             text=body.text,
             vector=vector,
-            embedder=turns.embedder.name,
+            matcher=turns.matcher,
             assistant_id=body.assistant_id,
         )
     a = decision.analysis
@@ -336,6 +377,7 @@ async def dry_run(c: Caller) -> Response:
             skill=decision.skill,
             skill_id=decision.skill_id,
             score=decision.score,
+            confidence=decision.confidence,
             language=a.language,
             kind=a.kind,
             complexity=a.complexity,
@@ -391,6 +433,7 @@ ENDPOINTS = [
         AssistantIn,
         AssistantOut,
         201,
+        changes_team=True,
     ),
     Endpoint(
         "GET", "/assistants/{assistant_id}", get_assistant, "Get an assistant", None, AssistantOut
@@ -411,6 +454,7 @@ ENDPOINTS = [
         None,
         None,
         204,
+        changes_team=True,
     ),
     Endpoint(
         "GET",
@@ -428,6 +472,7 @@ ENDPOINTS = [
         SkillIn,
         SkillOut,
         201,
+        changes_team=True,
     ),
     Endpoint("GET", "/skills/{skill_id}", get_skill, "Get a skill", None, SkillOut),
     Endpoint(
@@ -437,8 +482,46 @@ ENDPOINTS = [
         "Update a skill (re-embeds a new description)",
         SkillPatch,
         SkillOut,
+        changes_team=True,
     ),
-    Endpoint("DELETE", "/skills/{skill_id}", delete_skill, "Delete a skill", None, None, 204),
+    Endpoint(
+        "GET",
+        "/skills/{skill_id}/examples",
+        list_examples,
+        "A skill's example utterances (given and learned)",
+        None,
+        list[ExampleOut],
+    ),
+    Endpoint(
+        "POST",
+        "/skills/{skill_id}/examples",
+        add_example,
+        "Add an example utterance to a skill",
+        ExampleIn,
+        ExampleOut,
+        201,
+        changes_team=True,
+    ),
+    Endpoint(
+        "DELETE",
+        "/examples/{example_id}",
+        delete_example,
+        "Delete an example (given or learned)",
+        None,
+        None,
+        204,
+        changes_team=True,
+    ),
+    Endpoint(
+        "DELETE",
+        "/skills/{skill_id}",
+        delete_skill,
+        "Delete a skill",
+        None,
+        None,
+        204,
+        changes_team=True,
+    ),
     Endpoint(
         "GET",
         "/conversations",

@@ -71,7 +71,21 @@ class SkillOut(msgspec.Struct, kw_only=True):
     name: str
     description: str
     threshold: float
-    examples: int  # turns learned from feedback
+    examples: int  # example utterances, given (POST .../examples) or learned (feedback)
+
+
+class ExampleIn(_In):
+    """An utterance that belongs to the skill, in the words a user would type."""
+
+    text: Description
+
+
+class ExampleOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    skill_id: uuid.UUID
+    text: str
+    source: str  # example (given here) | feedback (learned from a misroute)
+    created_at: datetime
 
 
 class ConversationIn(_In):
@@ -126,6 +140,9 @@ class RouteOut(msgspec.Struct, kw_only=True):
     skill: str | None
     skill_id: uuid.UUID | None
     score: float | None
+    # In [0, 1], calibrated per team: how much more the turn looks like the best skill's
+    # work than small talk does (None when no skill was matched).
+    confidence: float | None
     language: str
     kind: str
     complexity: str

@@ -29,6 +29,7 @@ from chat_server.llm.simulator import LoopbackSimulator, SimConfig
 from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore
 from chat_server.presence.memory import MemoryPresence
 from chat_server.router.embedding import DIM, Embedder, HashingEmbedder
+from chat_server.router.encoder import SentenceEncoder
 from chat_server.router.learning import reembed
 from chat_server.runtime import Runtime
 from chat_server.storage.db import make_engine, make_sessionmaker
@@ -129,13 +130,15 @@ def create_app(settings: Settings) -> Starlette:
             llm = GeminiProvider(
                 api_key=api_key, base_url=base_url, attempts=settings.gemini_attempts
             )
-            embedder: Embedder = (
-                GeminiEmbedder(
+            embedder: Embedder
+            if settings.embedder == "gemini":
+                embedder = GeminiEmbedder(
                     api_key=api_key, base_url=base_url, model=settings.gemini_embed_model, dim=DIM
                 )
-                if settings.embedder == "gemini"
-                else HashingEmbedder()
-            )
+            elif settings.embedder == "use":
+                embedder = SentenceEncoder()
+            else:
+                embedder = HashingEmbedder()
             runtime = Runtime.wire(
                 settings,
                 db=db,
@@ -147,6 +150,10 @@ def create_app(settings: Settings) -> Starlette:
             )
             turns = runtime.turns
             app.state.runtime = runtime
+            try:  # loads the model now, off the event loop, instead of on the first turn
+                await runtime.turns.matcher.warm()
+            except Exception:  # Gemini away: calibration is retried on the first turns
+                log.warning("could not prepare the router's calibration", exc_info=True)
             embedded = await reembed(db, embedder)
             if embedded:
                 log.info("re-embedded %d skills and examples with %s", embedded, embedder.name)

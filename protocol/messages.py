@@ -222,6 +222,10 @@ class RouteInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     skill: str | None = None
     skill_id: uuid.UUID | None = None
     score: float | None = None  # cosine similarity of the matched skill
+    # How much more the turn looks like the best skill's work than small talk does, as a
+    # rank in [0, 1] calibrated per team: it means the same for every embedder. Set
+    # whenever skills were matched (also when the router abstained).
+    confidence: float | None = None
     language: str | None = None  # ja | en | zh | ko | other
     kind: str | None = None  # schedule | research | write | translate | code | finance | chat
     complexity: str | None = None  # low | medium | high

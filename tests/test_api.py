@@ -176,6 +176,37 @@ def test_skill_crud(http: httpx.Client) -> None:
     assert http.get(f"/assistants/{aid}/skills").json() == []
 
 
+def test_skill_examples_are_added_listed_routed_and_deleted(
+    http: httpx.Client, other: httpx.Client
+) -> None:
+    aid = http.post("/assistants", json={"name": "Gardener"}).json()["id"]
+    skill = http.post(
+        f"/assistants/{aid}/skills", json={"name": "plants", "description": "garden care"}
+    ).json()
+    assert (
+        http.post("/route", json={"text": "剪定ばさみで枝を切りたい"}).json()["reason"] != "skill"
+    )
+    made = http.post(f"/skills/{skill['id']}/examples", json={"text": "剪定ばさみで枝を切りたい"})
+    assert made.status_code == 201, made.text
+    example = made.json()
+    assert (example["skill_id"], example["source"]) == (skill["id"], "example")
+    assert http.get(f"/skills/{skill['id']}/examples").json() == [example]
+    assert http.get(f"/skills/{skill['id']}").json()["examples"] == 1
+    routed = http.post("/route", json={"text": "剪定ばさみで枝を切りたい"}).json()
+    assert (routed["reason"], routed["skill"]) == ("skill", "plants"), "the example routes"
+    assert routed["candidates"][0]["via_example"] is False, "a given example is not learned"
+    # another user's skill or example is 404, and stays
+    assert error(other.get(f"/skills/{skill['id']}/examples"), 404)
+    assert error(other.post(f"/skills/{skill['id']}/examples", json={"text": "x"}), 404)
+    assert error(other.delete(f"/examples/{example['id']}"), 404)
+    assert error(http.post(f"/skills/{skill['id']}/examples", json={"text": ""}), 422)["field"] == (
+        "text"
+    )
+    assert http.delete(f"/examples/{example['id']}").status_code == 204
+    assert http.get(f"/skills/{skill['id']}/examples").json() == []
+    assert error(http.delete(f"/examples/{example['id']}"), 404)
+
+
 # ---------------------------------------------------------------- conversations
 
 
@@ -369,7 +400,7 @@ def test_schemathesis_finds_no_server_error_or_undocumented_answer(
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "17/17" in result.stdout  # every operation was tested
+    assert "20/20" in result.stdout  # every operation was tested
 
 
 # ---------------------------------------------------------------- CORS

@@ -34,6 +34,7 @@ class GeminiEmbedder:
         self.name = f"gemini:{model}:{dim}"
         # Semantic embeddings put unrelated text far above 0: a starting point to tune.
         self.default_threshold = 0.6
+        self.min_confidence = 0.8  # semantic, like the offline model (router.abstain)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:

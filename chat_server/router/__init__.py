@@ -5,7 +5,9 @@ and why. One pipeline, each step a small unit:
 2. skill matching: the turn's embedding against the owner's skills and learned
    examples, exact cosine in Postgres (``queries.nearest_skills``);
 3. ``select``: an explicit ``assistant_id`` wins, then the best skill at or above its
-   threshold, then the conversation's default assistant (the abstain path);
+   threshold whose calibrated confidence clears the embedder's bar (``abstain``: how the
+   turn compares with small talk against this team), then the conversation's default
+   assistant (the abstain path);
 4. ``pick_model`` and ``fit_history``: the model for this assistant and complexity,
    and the history window that fits the token budget.
 
@@ -14,6 +16,7 @@ The decision is sent in ``turn_start.route`` and stored with the reply.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,10 +25,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from chat_server.errors import ChatError
 from chat_server.llm import ChatTurn
+from chat_server.router.abstain import Calibration, Matcher
 from chat_server.router.analysis import Analysis, analyse, estimate_tokens
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant
 from protocol.errors import ErrorCode
+
+__all__ = ["Calibration", "Decision", "Evidence", "Matcher", "route", "select"]
+
+log = logging.getLogger(__name__)
 
 CANDIDATES = 5  # nearest skills looked at (and reported by a dry run)
 
@@ -40,6 +48,7 @@ class Decision:
     skill: str | None = None
     skill_id: uuid.UUID | None = None
     score: float | None = None
+    confidence: float | None = None  # in [0, 1], calibrated per team (router.abstain)
     candidates: list[queries.SkillHit] = field(default_factory=list)
 
 
@@ -49,31 +58,60 @@ class Choice:
     reason: str
     hit: queries.SkillHit | None
     why: str
+    confidence: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a turn's hits are measured against (None without a vector)."""
+
+    nobody_score: float  # the turn's similarity to the nearest NOBODY example
+    calibration: Calibration
+    min_confidence: float  # the embedder's bar; 0 for one that cannot tell small talk
+
+    def confidence(self, hit: queries.SkillHit) -> float:
+        return self.calibration.confidence(hit.score - self.nobody_score)
 
 
 def select(
-    explicit: uuid.UUID | None, hits: Sequence[queries.SkillHit], default: uuid.UUID | None
+    explicit: uuid.UUID | None,
+    hits: Sequence[queries.SkillHit],
+    default: uuid.UUID | None,
+    evidence: Evidence | None = None,
 ) -> Choice:
     """Step 3. ``hits`` are ordered best first."""
     if explicit is not None:
         return Choice(explicit, "explicit", None, "the turn named its assistant")
+    reasons = []
     for hit in hits:
-        if hit.score >= hit.threshold:
-            source = "a learned example of" if hit.via_example else "skill"
-            why = (
-                f"{source} '{hit.skill}' of {hit.assistant} matched "
-                f"{hit.score:.2f} >= {hit.threshold:.2f}"
-            )
-            return Choice(hit.assistant_id, "skill", hit, why)
-    if hits:
-        best = hits[0]
+        confidence = evidence.confidence(hit) if evidence is not None else None
+        if hit.score < hit.threshold:
+            reasons.append(f"'{hit.skill}' {hit.score:.2f} < {hit.threshold:.2f}")
+            continue
+        if evidence is not None and confidence is not None:
+            if hit.via_example and hit.score < evidence.calibration.example_bar:
+                reasons.append(
+                    f"a learned example of '{hit.skill}' matched {hit.score:.2f}, below "
+                    f"the team's {evidence.calibration.example_bar:.2f}"
+                )
+                continue
+            if confidence < evidence.min_confidence:
+                reasons.append(
+                    f"'{hit.skill}' confidence {confidence:.2f} < {evidence.min_confidence:.2f}"
+                    " (no closer to the skill than small talk is)"
+                )
+                break  # the hits below score lower still
+        source = "a learned example of" if hit.via_example else "skill"
         why = (
-            f"no skill at its threshold "
-            f"(best '{best.skill}' {best.score:.2f} < {best.threshold:.2f})"
+            f"{source} '{hit.skill}' of {hit.assistant} matched "
+            f"{hit.score:.2f} >= {hit.threshold:.2f}"
         )
-    else:
-        why = "no skills to match"
-    return Choice(default, "default", None, why + ": the conversation's assistant answers")
+        if confidence is not None:
+            why += f", confidence {confidence:.2f}"
+        return Choice(hit.assistant_id, "skill", hit, why, confidence)
+    top = evidence.confidence(hits[0]) if evidence is not None and hits else None
+    why = "no skill fits (" + "; ".join(reasons[:2]) + ")" if reasons else "no skills to match"
+    return Choice(default, "default", None, why + ": the conversation's assistant answers", top)
 
 
 def pick_model(assistant: Assistant, analysis: Analysis) -> tuple[str, str]:
@@ -104,17 +142,28 @@ async def route(
     owner_id: uuid.UUID,
     text: str,
     vector: list[float] | None,
-    embedder: str,
+    matcher: Matcher,
     default_assistant_id: uuid.UUID | None,
     explicit_assistant_id: uuid.UUID | None,
 ) -> Decision:
     analysis = analyse(text)
-    hits = (
-        await queries.nearest_skills(s, owner_id, vector, embedder=embedder, limit=CANDIDATES)
-        if vector is not None and explicit_assistant_id is None
-        else []
-    )
-    choice = select(explicit_assistant_id, hits, default_assistant_id)
+    hits: list[queries.SkillHit] = []
+    evidence = None
+    if vector is not None and explicit_assistant_id is None:
+        embedder = matcher.embedder
+        hits = await queries.nearest_skills(
+            s, owner_id, vector, embedder=embedder.name, limit=CANDIDATES
+        )
+        if hits:
+            try:
+                evidence = Evidence(
+                    await matcher.nobody_score(vector),
+                    await matcher.calibration(s, owner_id),
+                    embedder.min_confidence,
+                )
+            except Exception:  # the embedder is away (Gemini): thresholds alone decide
+                log.warning("routing without calibration", exc_info=True)
+    choice = select(explicit_assistant_id, hits, default_assistant_id, evidence)
     assistant = (
         await queries.get_assistant(s, owner_id, choice.assistant_id)
         if choice.assistant_id is not None
@@ -138,5 +187,6 @@ async def route(
         skill=choice.hit.skill if choice.hit else None,
         skill_id=choice.hit.skill_id if choice.hit else None,
         score=round(choice.hit.score, 4) if choice.hit else None,
+        confidence=choice.confidence,
         candidates=hits,
     )

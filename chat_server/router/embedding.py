@@ -22,10 +22,13 @@ class Embedder(Protocol):
     """Contract: ``embed`` returns one L2-normalised vector of ``DIM`` floats per text,
     in order; the same text gives the same vector for the same ``name``.
     ``default_threshold`` is the similarity a new skill needs by default: scores of
-    different embedders live on different scales."""
+    different embedders live on different scales. ``min_confidence`` is the calibrated
+    confidence (``router.abstain``) a skill match needs: 0 for an embedder that cannot
+    tell small talk from work (hashing), where thresholds alone decide."""
 
     name: str
     default_threshold: float
+    min_confidence: float
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
@@ -87,6 +90,7 @@ class HashingEmbedder:
 
     name = "hashing-ngram-v2"
     default_threshold = 0.1
+    min_confidence = 0.0
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return [hash_embed(t) for t in texts]

@@ -285,8 +285,10 @@ async def nearest_skills(
     s: AsyncSession, owner_id: uuid.UUID, vector: list[float], *, embedder: str, limit: int
 ) -> list[SkillHit]:
     """The owner's skills nearest to ``vector``: each skill scores by its closest vector
-    (its whole description, one of its phrases, or a learned turn). Exact cosine over
-    one owner's rows."""
+    (its whole description, one of its phrases or given examples), and, as a hit of its
+    own (``via_example``), by its closest learned turn: a learned turn the router finds
+    not specific enough must not hide how the skill's own words scored. Exact cosine
+    over one owner's rows."""
     descriptions = select(
         Skill.id.label("skill_id"),
         Skill.embedding.cosine_distance(vector).label("distance"),
@@ -304,7 +306,10 @@ async def nearest_skills(
             candidates.c.distance,
             candidates.c.via_example,
             func.row_number()
-            .over(partition_by=candidates.c.skill_id, order_by=candidates.c.distance)
+            .over(
+                partition_by=(candidates.c.skill_id, candidates.c.via_example),
+                order_by=candidates.c.distance,
+            )
             .label("rank"),
         )
     ).subquery()
@@ -330,6 +335,27 @@ async def nearest_skills(
         )
         for skill, name, d, ex in rows
     ]
+
+
+async def team_vectors(
+    s: AsyncSession, owner_id: uuid.UUID, *, embedder: str
+) -> list[tuple[uuid.UUID, list[float]]]:
+    """The owner's skill vectors (descriptions, their phrases and given examples; not
+    learned ones), each with its assistant: what the router calibrates a team on."""
+    descriptions = select(Skill.assistant_id, Skill.embedding).where(
+        Skill.owner_id == owner_id, Skill.embedder == embedder
+    )
+    examples = (
+        select(Skill.assistant_id, SkillExample.embedding)
+        .join(Skill, Skill.id == SkillExample.skill_id)
+        .where(
+            SkillExample.owner_id == owner_id,
+            SkillExample.embedder == embedder,
+            SkillExample.source != "feedback",
+        )
+    )
+    rows = await s.execute(union_all(descriptions, examples))
+    return [(assistant, list(vector)) for assistant, vector in rows if vector is not None]
 
 
 async def stale_vectors(s: AsyncSession, embedder: str) -> tuple[list[Skill], list[SkillExample]]:
@@ -359,13 +385,35 @@ async def get_skill(s: AsyncSession, owner_id: uuid.UUID, skill_id: uuid.UUID) -
     return await s.scalar(select(Skill).where(Skill.id == skill_id, Skill.owner_id == owner_id))
 
 
+async def list_examples(s: AsyncSession, skill: Skill) -> list[SkillExample]:
+    """A skill's example utterances, given (``example``) and learned (``feedback``)."""
+    rows = await s.scalars(
+        select(SkillExample)
+        .where(SkillExample.skill_id == skill.id, SkillExample.source != "description")
+        .order_by(SkillExample.created_at, SkillExample.id)
+    )
+    return list(rows)
+
+
+async def get_example(
+    s: AsyncSession, owner_id: uuid.UUID, example_id: uuid.UUID
+) -> SkillExample | None:
+    return await s.scalar(
+        select(SkillExample).where(
+            SkillExample.id == example_id,
+            SkillExample.owner_id == owner_id,
+            SkillExample.source != "description",
+        )
+    )
+
+
 async def list_skills(
     s: AsyncSession, owner_id: uuid.UUID, assistant_id: uuid.UUID
 ) -> list[tuple[Skill, int]]:
-    """The assistant's skills with how many turns each has learned from feedback."""
+    """The assistant's skills with how many examples each has (given or learned)."""
     examples = (
         select(SkillExample.skill_id, func.count().label("n"))
-        .where(SkillExample.source == "feedback")
+        .where(SkillExample.source != "description")
         .group_by(SkillExample.skill_id)
         .subquery()
     )

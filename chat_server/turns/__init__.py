@@ -64,6 +64,7 @@ class Turns:
             finals=finals,
             running=self._running,
         )
+        self.matcher = self.intake.matcher
         self.embed_turn = self.intake.embed_turn
         self.prepare = self.intake.prepare
         self.cancel = self.liveness.cancel

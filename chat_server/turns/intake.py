@@ -74,6 +74,7 @@ class Intake:
         self._db = db
         self._inflight = inflight
         self.embedder = embedder
+        self.matcher = router.Matcher(embedder)
         self._settings = settings
         self._context = context
 
@@ -184,7 +185,7 @@ class Intake:
             conversation_id,
             text=text,
             vector=vector,
-            embedder=self.embedder.name,
+            matcher=self.matcher,
             assistant_id=assistant_id,
         )
         assert conversation is not None
