@@ -15,7 +15,10 @@ router compares a turn with two things measured in the same embedder:
 
 A learned example (feedback) must also be specific: it wins a turn only when the turn
 is closer to it than any two texts of *different* assistants of the team are to each
-other (``example_bar``), so a taught turn does not pull in unrelated ones.
+other, and than all but 1% of pairs of different small-talk examples are (how close two
+short, unrelated chat turns come in this embedder: turns resemble each other in form
+more than skill descriptions do). That is ``example_bar``: a taught turn wins its
+paraphrases, not every turn phrased like it.
 
 The calibration of a team is cached for ``CALIBRATION_TTL_S`` and dropped at once when
 this replica changes the team; another replica's change is seen within the TTL.
@@ -80,10 +83,11 @@ def calibrate(nobody: np.ndarray, vectors: np.ndarray, assistants: list[uuid.UUI
     own = nobody @ nobody.T
     np.fill_diagonal(own, -np.inf)  # leave one out: its nearest *other* example
     margins = sorted((best - own.max(axis=1)).tolist())
+    chat = float(np.quantile(own[np.triu_indices(len(own), 1)], 0.99)) if len(own) > 1 else 0.0
     ids = np.array([a.int for a in assistants], dtype=object)
     different = ids[:, None] != ids[None, :]
     cross = (vectors @ vectors.T)[different]
-    return Calibration(margins, float(cross.max()) if cross.size else 0.0)
+    return Calibration(margins, max(float(cross.max()) if cross.size else 0.0, chat))
 
 
 class Matcher:
