@@ -1,0 +1,361 @@
+// A chat client that never loses a turn: every send waits in an outbox (kept in
+// `storage`, localStorage in a browser) until the server's ack, and is resent with the
+// same id after any reconnect, so the server stores it exactly once. Reconnects use
+// jittered exponential backoff and obey the close-code table; a resume asks for what was
+// missed (after_seq) and for each streaming reply only the text it lacks (offsets), and
+// deltas are applied by offset, so a repeated or overlapping delta changes nothing.
+// No runtime dependencies: the platform's WebSocket (browsers, Node >= 22, or Node 20
+// with --experimental-websocket).
+import { CLOSE_CODES, PROTOCOL_VERSION, } from "./protocol.js";
+export * from "./protocol.js";
+/** The server answered a request with an error frame that must not be retried. */
+export class ChatError extends Error {
+    code;
+    retryable;
+    constructor(code, message, retryable = false) {
+        super(message);
+        this.code = code;
+        this.retryable = retryable;
+    }
+}
+const memoryStorage = () => {
+    const data = new Map();
+    return {
+        getItem: (k) => data.get(k) ?? null,
+        setItem: (k, v) => void data.set(k, v),
+        removeItem: (k) => void data.delete(k),
+    };
+};
+const newId = () => globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+export class ChatClient {
+    opts;
+    state = { status: "closed", conversations: {}, outbox: [] };
+    ws;
+    listeners = new Map();
+    pending = new Map(); // request id → its promise
+    sends = new Map(); // outbox id → send() promise
+    joined = new Set(); // conversations to rejoin on reconnect
+    storage;
+    outboxKey;
+    attempt = 0;
+    retryAfterMs = 0;
+    stopped = false;
+    timer;
+    ready;
+    urlIndex = 0;
+    constructor(opts) {
+        this.opts = opts;
+        this.storage = opts.storage ?? memoryStorage();
+        this.outboxKey = `chat-outbox:${opts.token}`;
+        const saved = this.storage.getItem(this.outboxKey);
+        this.state.outbox = saved ? JSON.parse(saved) : [];
+    }
+    /** Listen to a server message type ("delta", "turn_end", …), or "status"/"state". */
+    on(type, listener) {
+        let set = this.listeners.get(type);
+        if (!set)
+            this.listeners.set(type, (set = new Set()));
+        set.add(listener);
+        return () => set.delete(listener);
+    }
+    /** Connect (and reconnect until close() or a close code that says stop). */
+    connect() {
+        this.stopped = false;
+        return this.open();
+    }
+    close() {
+        this.stopped = true;
+        clearTimeout(this.timer);
+        this.setStatus("closed");
+        this.ws?.close(1000);
+    }
+    /** Join a conversation (kept joined across reconnects). */
+    async join(conversationId) {
+        const joined = await this.request({
+            type: "join",
+            conversation_id: conversationId,
+            ...this.resumeOf(conversationId),
+        });
+        this.joined.add(joined.conversation.id);
+        return joined.conversation;
+    }
+    async create(title, assistantId) {
+        const joined = await this.request({
+            type: "join",
+            create: { title: title ?? null, assistant_id: assistantId ?? null },
+        });
+        this.joined.add(joined.conversation.id);
+        return joined.conversation;
+    }
+    async leave(conversationId) {
+        this.joined.delete(conversationId);
+        await this.request({ type: "leave", conversation_id: conversationId });
+        delete this.state.conversations[conversationId];
+        this.emit("state", this.state);
+    }
+    /** Send a user turn; resolves with the server's ack (the turn is stored). */
+    send(conversationId, text, assistantId) {
+        const entry = { id: newId(), conversation_id: conversationId, text };
+        if (assistantId)
+            entry.assistant_id = assistantId;
+        this.state.outbox.push(entry);
+        this.saveOutbox();
+        const acked = new Promise((resolve, reject) => this.sends.set(entry.id, { resolve, reject }));
+        if (this.state.status === "open")
+            this.transmit({ type: "send", ...entry });
+        return acked;
+    }
+    cancel(conversationId, turnId, heardChars) {
+        this.transmit({
+            type: "cancel",
+            conversation_id: conversationId,
+            turn_id: turnId ?? null,
+            heard_chars: heardChars ?? null,
+        });
+    }
+    history(conversationId, beforeSeq, limit = 50) {
+        return this.request({
+            type: "history",
+            conversation_id: conversationId,
+            before_seq: beforeSeq ?? null,
+            limit,
+        });
+    }
+    /** Voice: a partial transcript, or the final one (which commits the turn). */
+    input(conversationId, inputId, text, final = false, heardChars) {
+        this.transmit({
+            type: "input",
+            conversation_id: conversationId,
+            input_id: inputId,
+            text,
+            final,
+            heard_chars: heardChars ?? null,
+        });
+    }
+    typing(conversationId, active) {
+        this.transmit({ type: "typing", conversation_id: conversationId, active });
+    }
+    // ------------------------------------------------------------------ connection
+    open() {
+        const WS = this.opts.WebSocket ?? globalThis.WebSocket;
+        this.setStatus(this.attempt === 0 ? "connecting" : "reconnecting");
+        const urls = Array.isArray(this.opts.url) ? this.opts.url : [this.opts.url];
+        const ws = new WS(urls[this.urlIndex % urls.length]);
+        this.ws = ws;
+        this.ready = new Promise((resolve, reject) => {
+            ws.onopen = () => {
+                const hello = { type: "hello", id: "hello", token: this.opts.token, protocol: PROTOCOL_VERSION, options: this.opts.options ?? {}, client: this.opts.client ?? "chat-client-js" };
+                ws.send(JSON.stringify(hello));
+            };
+            ws.onmessage = (event) => {
+                const message = JSON.parse(String(event.data));
+                if (message.type === "welcome") {
+                    this.attempt = 0;
+                    this.state.userId = message.user_id;
+                    this.setStatus("open");
+                    void this.resume().then(resolve, reject);
+                    return;
+                }
+                this.handle(message);
+            };
+            ws.onclose = (event) => {
+                if (this.ws !== ws)
+                    return;
+                this.onClose(event.code, event.reason);
+                reject(new ChatError(String(event.code), event.reason || "connection closed"));
+            };
+            ws.onerror = () => { }; // onclose follows with the code
+        });
+        this.ready.catch(() => { }); // failures go through onClose
+        return this.ready;
+    }
+    /** After a welcome: rejoin every conversation from where it was (and those the outbox
+     * has turns for, e.g. after a page reload), then resend the outbox with the same ids. */
+    async resume() {
+        for (const entry of this.state.outbox)
+            this.joined.add(entry.conversation_id);
+        for (const id of this.joined) {
+            await this.request({ type: "join", conversation_id: id, ...this.resumeOf(id) });
+        }
+        for (const entry of this.state.outbox)
+            this.transmit({ type: "send", ...entry });
+    }
+    resumeOf(conversationId) {
+        const c = this.state.conversations[conversationId];
+        if (!c)
+            return {};
+        const offsets = {};
+        for (const reply of Object.values(c.replies))
+            if (!reply.done)
+                offsets[reply.turnId] = reply.text.length;
+        return { after_seq: c.lastSeq, offsets };
+    }
+    onClose(code, reason) {
+        for (const [, pending] of this.pending)
+            pending.reject(new ChatError(String(code), "connection closed", true));
+        this.pending.clear();
+        if (this.stopped)
+            return;
+        const info = CLOSE_CODES[code];
+        const reconnect = code >= 4000 && code < 4100 ? true : code >= 4400 && code < 4500 ? false : info ? info.reconnect : true;
+        if (!reconnect) {
+            this.stopped = true;
+            this.state.error = { code, message: reason || info?.meaning || "closed" };
+            for (const [, send] of this.sends)
+                send.reject(new ChatError(String(code), this.state.error.message));
+            this.sends.clear();
+            this.setStatus("closed");
+            return;
+        }
+        this.setStatus("reconnecting");
+        this.urlIndex += 1; // with several replicas, try the next one
+        const base = this.opts.backoffBaseMs ?? 250;
+        const max = this.opts.backoffMaxMs ?? 10_000;
+        const ceiling = Math.min(max, base * 2 ** this.attempt);
+        const delay = Math.max(this.retryAfterMs, Math.random() * ceiling); // full jitter
+        this.attempt += 1;
+        this.retryAfterMs = 0;
+        this.timer = setTimeout(() => void this.open(), delay);
+    }
+    transmit(message) {
+        if (this.ws && this.ws.readyState === 1)
+            this.ws.send(JSON.stringify(message));
+    }
+    request(message) {
+        const id = newId();
+        return new Promise((resolve, reject) => {
+            this.pending.set(id, { resolve, reject });
+            this.transmit({ ...message, id });
+        });
+    }
+    // ------------------------------------------------------------------ inbound
+    handle(message) {
+        switch (message.type) {
+            case "joined": {
+                const info = message.conversation;
+                const c = (this.state.conversations[info.id] ??= {
+                    info, lastSeq: 0, messages: {}, replies: {}, devices: 0, users: [],
+                });
+                c.info = info;
+                if (!message.recovered)
+                    c.lastSeq = Math.max(c.lastSeq, message.last_seq); // history fills the rest
+                break;
+            }
+            case "ack": {
+                const index = this.state.outbox.findIndex((e) => e.id === message.id);
+                if (index >= 0) {
+                    this.state.outbox.splice(index, 1);
+                    this.saveOutbox();
+                }
+                this.sends.get(message.id)?.resolve(message);
+                this.sends.delete(message.id);
+                break;
+            }
+            case "message": {
+                const c = this.state.conversations[message.conversation_id];
+                if (!c)
+                    break;
+                c.messages[message.seq] = message.message;
+                c.lastSeq = Math.max(c.lastSeq, message.seq);
+                break;
+            }
+            case "turn_start": {
+                const c = this.state.conversations[message.conversation_id];
+                if (!c || c.replies[message.turn_id])
+                    break;
+                c.replies[message.turn_id] = {
+                    turnId: message.turn_id, seq: message.seq, replyTo: message.reply_to,
+                    assistant: message.assistant, model: message.model, route: message.route, text: "", done: false,
+                };
+                break;
+            }
+            case "delta": {
+                const reply = this.state.conversations[message.conversation_id]?.replies[message.turn_id];
+                if (!reply || reply.done)
+                    break;
+                const end = message.offset + message.text.length;
+                if (message.offset <= reply.text.length && end > reply.text.length) {
+                    reply.text += message.text.slice(reply.text.length - message.offset); // by offset
+                }
+                break;
+            }
+            case "turn_end": {
+                const c = this.state.conversations[message.conversation_id];
+                if (!c)
+                    break;
+                const reply = c.replies[message.turn_id];
+                if (reply) {
+                    reply.text = message.message.text; // the stored text is the reply
+                    reply.done = true;
+                    reply.finishReason = message.finish_reason;
+                    reply.usage = message.usage;
+                }
+                c.messages[message.seq] = message.message;
+                c.lastSeq = Math.max(c.lastSeq, message.seq);
+                break;
+            }
+            case "presence": {
+                const c = this.state.conversations[message.conversation_id];
+                if (c)
+                    [c.devices, c.users] = [message.devices, message.users];
+                break;
+            }
+            case "go_away":
+                // Reconnect now: the resume (after_seq, offsets) continues every stream exactly.
+                this.retryAfterMs = message.reconnect_after_ms ?? 0;
+                this.attempt = 0;
+                this.ws?.close(4000, "go_away");
+                this.onClose(4000, "go_away");
+                this.ws = undefined;
+                break;
+            case "error":
+                this.onError(message);
+                break;
+        }
+        if ("id" in message && message.id && message.type !== "ack" && message.type !== "error") {
+            this.pending.get(message.id)?.resolve(message);
+            this.pending.delete(message.id);
+        }
+        this.emit(message.type, message);
+        this.emit("state", this.state);
+    }
+    onError(error) {
+        if (error.retry_after_ms)
+            this.retryAfterMs = error.retry_after_ms;
+        const id = error.id ?? undefined;
+        if (!id)
+            return;
+        const failure = new ChatError(error.code, error.message, error.retryable ?? false);
+        const send = this.sends.get(id);
+        if (send && !error.retryable) {
+            this.state.outbox = this.state.outbox.filter((e) => e.id !== id);
+            this.saveOutbox();
+            send.reject(failure);
+            this.sends.delete(id);
+        }
+        else if (send && error.retryable) {
+            const entry = this.state.outbox.find((e) => e.id === id);
+            if (entry)
+                setTimeout(() => this.transmit({ type: "send", ...entry }), error.retry_after_ms ?? 1000);
+        }
+        this.pending.get(id)?.reject(failure);
+        this.pending.delete(id);
+    }
+    emit(type, payload) {
+        for (const listener of this.listeners.get(type) ?? [])
+            listener(payload);
+    }
+    setStatus(status) {
+        if (this.state.status === status)
+            return;
+        this.state.status = status;
+        this.emit("status", status);
+        this.emit("state", this.state);
+    }
+    saveOutbox() {
+        if (this.state.outbox.length)
+            this.storage.setItem(this.outboxKey, JSON.stringify(this.state.outbox));
+        else
+            this.storage.removeItem(this.outboxKey);
+    }
+}

@@ -1,0 +1,257 @@
+export declare const PROTOCOL_VERSION = 1;
+export interface Ack {
+    duplicate?: boolean;
+    id: string;
+    message_id: string;
+    seq: number;
+    type: "ack";
+}
+export interface AssistantRef {
+    id: string;
+    name: string;
+}
+/** Stop a running reply (the newest one if ``turn_id`` is omitted). */
+export interface Cancel {
+    conversation_id: string;
+    heard_chars?: number | null;
+    id?: string | null;
+    turn_id?: string | null;
+    type: "cancel";
+}
+export interface ConversationCreate {
+    assistant_id?: string | null;
+    title?: string | null;
+}
+export interface ConversationInfo {
+    assistant_id?: string | null;
+    id: string;
+    last_seq?: number;
+    title?: string | null;
+}
+export interface Delta {
+    conversation_id: string;
+    offset: number;
+    text: string;
+    turn_id: string;
+    type: "delta";
+}
+export interface ErrorFrame {
+    code: string;
+    id?: string | null;
+    message: string;
+    retry_after_ms?: number | null;
+    retryable?: boolean;
+    type: "error";
+}
+export interface ErrorInfo {
+    code: string;
+    message: string;
+    retry_after_ms?: number | null;
+    retryable?: boolean;
+}
+export type FinishReason = "cancelled" | "error" | "interrupted" | "length" | "safety" | "stop";
+export interface GoAway {
+    reconnect_after_ms: number;
+    type: "go_away";
+}
+export interface Hello {
+    client?: string | null;
+    id?: string | null;
+    options?: SessionOptions;
+    protocol?: number;
+    token?: string | null;
+    type: "hello";
+}
+export interface History {
+    before_seq?: number | null;
+    conversation_id: string;
+    id?: string | null;
+    limit?: number;
+    type: "history";
+}
+export interface HistoryPage {
+    conversation_id: string;
+    has_more: boolean;
+    id?: string | null;
+    messages: MessageInfo[];
+    type: "history";
+}
+/** A voice transcript: partials are relayed live, ``final`` commits like ``send``. */
+export interface Input {
+    conversation_id: string;
+    final?: boolean;
+    heard_chars?: number | null;
+    id?: string | null;
+    input_id: string;
+    text: string;
+    type: "input";
+}
+/** A partial transcript from another device, relayed live and never stored. */
+export interface InputEvent {
+    conversation_id: string;
+    final?: boolean;
+    input_id: string;
+    text: string;
+    type: "input";
+    user_id: string;
+}
+/** When a voice ``input`` interrupts the reply streaming in its conversation. */
+export type InterruptOn = "final" | "never" | "partial";
+/** Join ``conversation_id``, or create one with ``create``; exactly one of the two.
+ *
+ * ``offsets`` (turn id → characters held) lets a client resuming mid-reply get only
+ * the text it lacks: no turn_start again, and deltas from that offset on. */
+export interface Join {
+    after_seq?: number | null;
+    conversation_id?: string | null;
+    create?: ConversationCreate | null;
+    id?: string | null;
+    offsets?: Record<string, number> | null;
+    type: "join";
+}
+/** Sent before the replay. ``recovered`` is true when every event after
+ * ``after_seq`` follows; false when none was asked for or too many were missed
+ * (then fetch ``history``). */
+export interface Joined {
+    conversation: ConversationInfo;
+    id?: string | null;
+    last_seq: number;
+    recovered: boolean;
+    type: "joined";
+}
+export interface Leave {
+    conversation_id: string;
+    id?: string | null;
+    type: "leave";
+}
+export interface Left {
+    conversation_id: string;
+    id?: string | null;
+    type: "left";
+}
+export interface Limits {
+    max_frame_bytes: number;
+    max_text_chars: number;
+    outbox_bytes?: number;
+    outbox_frames: number;
+}
+export interface Message {
+    conversation_id: string;
+    message: MessageInfo;
+    seq: number;
+    type: "message";
+}
+export interface MessageInfo {
+    assistant_id?: string | null;
+    client_id?: string | null;
+    created_at: string;
+    finish_reason?: FinishReason | null;
+    id: string;
+    model?: string | null;
+    reply_to?: string | null;
+    role: Role;
+    seq: number;
+    status: MessageStatus;
+    text: string;
+}
+export type MessageStatus = "complete" | "error" | "interrupted" | "streaming";
+export interface Ping {
+    id?: string | null;
+    type: "ping";
+}
+export interface Pong {
+    id?: string | null;
+    type: "pong";
+}
+/** Who is in the conversation, across replicas; sent when a device joins or leaves. */
+export interface Presence {
+    conversation_id: string;
+    devices: number;
+    type: "presence";
+    users: string[];
+}
+export type Role = "assistant" | "user";
+/** Why this assistant and model answer. ``reason``: explicit (the turn named it),
+ * skill (a skill matched at or above its threshold), default (nothing confident: the
+ * conversation's assistant), fallback (no default set: the first assistant). */
+export interface RouteInfo {
+    complexity?: string | null;
+    confidence?: number | null;
+    kind?: string | null;
+    language?: string | null;
+    reason: string;
+    score?: number | null;
+    skill?: string | null;
+    skill_id?: string | null;
+    why?: string | null;
+}
+/** A user turn. ``id`` is the idempotency key: resending it returns the first ack. */
+export interface Send {
+    assistant_id?: string | null;
+    conversation_id: string;
+    id: string;
+    text: string;
+    type: "send";
+}
+/** Per-connection behaviour, chosen in ``hello``. Defaults suit text chat. */
+export interface SessionOptions {
+    early_routing?: boolean;
+    interrupt_on?: InterruptOn;
+    speech_chunks?: boolean;
+    speech_max_wait_ms?: number;
+}
+export interface TurnEnd {
+    conversation_id: string;
+    error?: ErrorInfo | null;
+    finish_reason: FinishReason;
+    message: MessageInfo;
+    seq: number;
+    turn_id: string;
+    type: "turn_end";
+    usage?: Usage;
+}
+export interface TurnStart {
+    assistant: AssistantRef;
+    conversation_id: string;
+    model: string;
+    reply_to: string;
+    route: RouteInfo;
+    seq: number;
+    turn_id: string;
+    type: "turn_start";
+}
+export interface Typing {
+    active?: boolean;
+    conversation_id: string;
+    id?: string | null;
+    type: "typing";
+}
+export interface TypingEvent {
+    active: boolean;
+    conversation_id: string;
+    session_id: string;
+    type: "typing";
+    user_id: string;
+}
+export interface Usage {
+    input_tokens?: number;
+    output_tokens?: number;
+}
+export interface Welcome {
+    heartbeat_ms: number;
+    id?: string | null;
+    limits: Limits;
+    node: string;
+    protocol?: number;
+    session_id: string;
+    type: "welcome";
+    user_id: string;
+}
+export type ClientMessage = Hello | Join | Send | Input | Cancel | History | Leave | Typing | Ping;
+export type ServerMessage = Welcome | Joined | Ack | Message | TurnStart | Delta | TurnEnd | InputEvent | TypingEvent | Presence | HistoryPage | Left | Pong | GoAway | ErrorFrame;
+export interface CloseCodeInfo {
+    name: string;
+    meaning: string;
+    reconnect: boolean;
+}
+export declare const CLOSE_CODES: Record<number, CloseCodeInfo>;
