@@ -13,6 +13,7 @@ COPY --from=build /app/.venv /app/.venv
 WORKDIR /app
 COPY protocol protocol
 COPY chat_server chat_server
+COPY clients/js/dist clients/js/dist
 COPY migrations migrations
 COPY alembic.ini .
 USER 10001:10001

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mimetypes
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from chat_server import api, http
 from chat_server.bus import Bus
@@ -103,6 +105,7 @@ async def drain(app: Starlette) -> None:
 
 
 def create_app(settings: Settings) -> Starlette:
+    mimetypes.add_type("text/javascript", ".mjs")  # browsers load modules by MIME type
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (start the embedded one first)")
     database_url = settings.database_url.value
@@ -178,6 +181,8 @@ def create_app(settings: Settings) -> Starlette:
 
     routes: list[Route | WebSocketRoute | Mount] = [
         Route("/", http.index),
+        Mount("/web", StaticFiles(directory=http.WEB), name="web"),
+        Mount("/client", StaticFiles(directory=http.CLIENT, check_dir=False), name="client"),
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/health", http.health),
         Route("/ready", http.ready),

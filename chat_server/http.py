@@ -1,8 +1,9 @@
-"""Plain HTTP: an index page, liveness, readiness and the protocol spec."""
+"""Plain HTTP: the web chat page, liveness, readiness and the protocol spec."""
 
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 from sqlalchemy import text
 from starlette.requests import Request
@@ -11,29 +12,20 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from chat_server.runtime import Runtime
 from protocol.schema import SCHEMA_PATH
 
-_INDEX = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>chat-server</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body style="font: 16px/1.5 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto">
-<h1>chat-server</h1>
-<p>A real-time chat server for teams of AI assistants. Node <code>{node}</code>.</p>
-<ul>
-<li><code>{ws}</code>: the WebSocket endpoint (JSON frames; start with <code>hello</code>)</li>
-<li><a href="/protocol.json">/protocol.json</a>: the protocol, as JSON Schema</li>
-<li><a href="/api/v1/openapi.json">/api/v1/openapi.json</a>: the REST API, as OpenAPI</li>
-<li><a href="/health">/health</a> and <a href="/ready">/ready</a>: liveness, readiness</li>
-</ul></body></html>
-"""
+WEB = Path(__file__).with_name("web")  # the chat page and its vendored libraries
+CLIENT = Path(__file__).resolve().parents[1] / "clients" / "js" / "dist"  # the TS client
 
 
 async def index(request: Request) -> Response:
-    """What this server is and where its endpoints are (until the web chat page)."""
+    """The web chat page (it connects to this server's ``/ws``)."""
     runtime: Runtime = request.app.state.runtime
     scheme = "wss" if request.url.scheme == "https" else "ws"
     ws = f"{scheme}://{request.url.netloc}/ws"
-    return HTMLResponse(
-        _INDEX.format(node=html.escape(runtime.settings.node_id), ws=html.escape(ws))
+    page = (WEB / "index.html").read_text()
+    page = page.replace("{ws}", html.escape(ws)).replace(
+        "{node}", html.escape(runtime.settings.node_id)
     )
+    return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 async def health(request: Request) -> Response:

@@ -1,0 +1,309 @@
+// The web chat page: the TypeScript client (served from clients/js/dist) for the
+// WebSocket, REST for the team and the conversation list. Model output is untrusted:
+// Markdown is rendered with raw HTML escaped, then sanitised by DOMPurify.
+import { ChatClient } from "/client/client.js";
+import { marked } from "/web/vendor/marked.esm.js";
+import DOMPurify from "/web/vendor/purify.es.mjs";
+
+const $ = (id) => document.getElementById(id);
+const escape = (s) => s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+marked.use({ renderer: { html: ({ text }) => escape(text) } }); // raw HTML stays text
+DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  if (node.tagName === "A") node.setAttribute("rel", "noopener noreferrer");
+});
+const markdown = (text) => DOMPurify.sanitize(marked.parse(text, { async: false }));
+
+let client = null;
+let token = localStorage.getItem("chat-token") || "";
+let current = null; // conversation id
+let assistants = []; // the team, from REST
+const rendered = new Map(); // message key → { li, text }
+
+async function api(method, path, body) {
+  const response = await fetch(`/api/v1${path}`, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 204) return null;
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.message || response.statusText);
+  return data;
+}
+
+// ---------------------------------------------------------------- sign in
+
+$("signin").addEventListener("submit", (event) => {
+  event.preventDefault();
+  token = $("token").value.trim();
+  if (token) start();
+});
+$("signout").addEventListener("click", () => {
+  localStorage.removeItem("chat-token");
+  location.reload();
+});
+
+async function start() {
+  localStorage.setItem("chat-token", token);
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("signout").hidden = false;
+  client = new ChatClient({ url: document.body.dataset.ws, token, storage: localStorage, client: "web" });
+  client.on("status", showStatus);
+  client.on("state", () => render());
+  client.on("error", (e) => showStatus(`error: ${e.message}`));
+  try {
+    await client.connect();
+  } catch (error) {
+    showStatus(`closed: ${client.state.error?.message ?? error.message}`);
+    return;
+  }
+  $("who").textContent = client.state.userId ?? "";
+  await loadTeam();
+  const list = await loadConversations();
+  const wanted = sessionStorage.getItem("chat-current");
+  const first = list.find((c) => c.id === wanted) ?? list[0];
+  if (first) await open(first.id);
+}
+
+function showStatus(status) {
+  $("status").textContent = status === "open" ? "connected" : status;
+  $("status").dataset.status = status;
+}
+
+// ---------------------------------------------------------------- conversations
+
+async function loadConversations() {
+  const page = await api("GET", "/conversations?limit=100");
+  const ul = $("conversations");
+  ul.replaceChildren();
+  for (const c of page.items) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = c.title || "Untitled";
+    button.dataset.id = c.id;
+    button.setAttribute("aria-current", String(c.id === current));
+    button.addEventListener("click", () => open(c.id));
+    li.append(button);
+    ul.append(li);
+  }
+  return page.items;
+}
+
+$("new").addEventListener("click", async () => {
+  const title = prompt("Title of the new conversation", "New conversation");
+  if (title === null) return;
+  const info = await client.create(title || null);
+  await loadConversations();
+  await open(info.id);
+});
+
+$("delete").addEventListener("click", async () => {
+  if (!current || !confirm("Delete this conversation and its messages?")) return;
+  await api("DELETE", `/conversations/${current}`);
+  await client.leave(current).catch(() => {});
+  current = null;
+  sessionStorage.removeItem("chat-current");
+  const list = await loadConversations();
+  if (list[0]) await open(list[0].id);
+  else render();
+});
+
+async function open(id) {
+  current = id;
+  sessionStorage.setItem("chat-current", id);
+  rendered.clear();
+  $("messages").replaceChildren();
+  const info = await client.join(id);
+  $("title").textContent = info.title || "Untitled";
+  for (const b of $("conversations").querySelectorAll("button")) {
+    b.setAttribute("aria-current", String(b.dataset.id === id));
+  }
+  await olderHistory();
+  render();
+  scrollDown();
+}
+
+/** History paging: the page before the oldest message shown (scrolling up loads more). */
+async function olderHistory() {
+  const c = client.state.conversations[current];
+  if (!c) return false;
+  const seqs = Object.keys(c.messages).map(Number);
+  const before = seqs.length ? Math.min(...seqs) : undefined;
+  if (before === 1) return false;
+  const page = await client.history(current, before, 50);
+  for (const m of page.messages) if (m.status !== "streaming") c.messages[m.seq] = m;
+  return page.has_more;
+}
+
+$("messages").addEventListener("scroll", async (event) => {
+  if (event.target.scrollTop > 0 || !current) return;
+  const height = event.target.scrollHeight;
+  if (await olderHistory()) {
+    render();
+    event.target.scrollTop = event.target.scrollHeight - height;
+  }
+});
+
+// ---------------------------------------------------------------- the chat
+
+function render() {
+  if (!client || !current) return;
+  const c = client.state.conversations[current];
+  if (!c) return;
+  $("presence").textContent = c.devices ? `${c.devices} device${c.devices > 1 ? "s" : ""} here` : "";
+  const items = [];
+  const shown = new Set();
+  for (const m of Object.values(c.messages)) {
+    if (m.status === "streaming") continue;
+    items.push({ key: m.role === "assistant" ? m.id : `m${m.seq}`, seq: m.seq, role: m.role, text: m.text, message: m });
+    shown.add(m.id);
+  }
+  for (const r of Object.values(c.replies)) {
+    if (shown.has(r.turnId)) continue;
+    items.push({ key: r.turnId, seq: r.seq, role: "assistant", text: r.text, reply: r, streaming: !r.done });
+  }
+  items.sort((a, b) => a.seq - b.seq);
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  let previous = null;
+  for (const item of items) {
+    let entry = rendered.get(item.key);
+    if (!entry) {
+      entry = { li: document.createElement("li"), text: null, meta: null };
+      entry.li.className = `msg ${item.role}`;
+      entry.li.dataset.key = item.key;
+      entry.li.innerHTML = '<div class="meta"></div><div class="body"></div>';
+      rendered.set(item.key, entry);
+    }
+    const reply = item.reply ?? c.replies[item.message?.id];
+    const meta = metaOf(item, reply);
+    if (entry.meta !== meta) {
+      entry.meta = meta;
+      fillMeta(entry.li.firstChild, item, reply);
+    }
+    if (entry.text !== item.text) {
+      entry.text = item.text;
+      const body = entry.li.lastChild;
+      if (item.role === "user") body.textContent = item.text;
+      else body.innerHTML = markdown(item.text);
+    }
+    entry.li.dataset.streaming = String(Boolean(item.streaming));
+    const anchor = previous ? previous.nextSibling : list.firstChild;
+    if (entry.li !== anchor) list.insertBefore(entry.li, anchor);
+    previous = entry.li;
+  }
+  const streaming = items.some((i) => i.streaming);
+  $("stop").disabled = !streaming;
+  if (atBottom) scrollDown();
+}
+
+const scrollDown = () => ($("messages").scrollTop = $("messages").scrollHeight);
+
+function metaOf(item, reply) {
+  if (item.role === "user") return "you";
+  return `${reply?.assistant?.name}|${reply?.route?.why}|${item.message?.assistant_id}|${reply?.finishReason}`;
+}
+
+function fillMeta(meta, item, reply) {
+  meta.replaceChildren();
+  if (item.role === "user") {
+    meta.textContent = "you";
+    return;
+  }
+  const who = document.createElement("strong");
+  who.textContent = reply?.assistant?.name ?? nameOf(item.message?.assistant_id);
+  meta.append(who);
+  if (reply?.route?.why) {
+    const why = document.createElement("span");
+    why.className = "why";
+    why.textContent = reply.route.why;
+    meta.append(why);
+  }
+  if (reply?.finishReason && reply.finishReason !== "stop") meta.append(` (${reply.finishReason})`);
+  const replyId = item.message?.id ?? reply?.turnId;
+  if (!replyId) return;
+  const select = document.createElement("select");
+  select.setAttribute("aria-label", "Should have gone to…");
+  select.innerHTML = '<option value="">Should have gone to…</option>';
+  for (const a of assistants) select.append(new Option(a.name, a.id));
+  select.addEventListener("change", async () => {
+    if (!select.value) return;
+    await api("POST", "/feedback", { message_id: replyId, assistant_id: select.value });
+    select.replaceWith(document.createTextNode(" · thanks, noted"));
+  });
+  meta.append(select);
+}
+
+const nameOf = (id) => assistants.find((a) => a.id === id)?.name ?? "assistant";
+
+$("composer").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sendText();
+});
+$("text").addEventListener("keydown", (event) => {
+  // Enter sends; Shift+Enter is a new line; Enter that confirms an IME composition
+  // (Japanese input: isComposing, or keyCode 229 in some browsers) must not send.
+  if (event.key !== "Enter" || event.shiftKey || event.isComposing || event.keyCode === 229) return;
+  event.preventDefault();
+  sendText();
+});
+
+function sendText() {
+  const text = $("text").value.trim();
+  if (!text || !current) return;
+  $("text").value = "";
+  client.send(current, text).catch((error) => showStatus(`not sent: ${error.message}`));
+}
+
+$("stop").addEventListener("click", () => {
+  const c = client?.state.conversations[current];
+  const streaming = Object.values(c?.replies ?? {}).filter((r) => !r.done);
+  for (const r of streaming) client.cancel(current, r.turnId);
+});
+
+// ---------------------------------------------------------------- the team
+
+async function loadTeam() {
+  assistants = await api("GET", "/assistants");
+  const ul = $("assistants");
+  ul.replaceChildren();
+  const select = $("skill-assistant");
+  select.replaceChildren();
+  for (const a of assistants) {
+    const li = document.createElement("li");
+    li.textContent = a.name;
+    const skills = await api("GET", `/assistants/${a.id}/skills`);
+    if (skills.length) {
+      const sub = document.createElement("ul");
+      for (const s of skills) {
+        const item = document.createElement("li");
+        item.textContent = `${s.name}: ${s.description}`;
+        sub.append(item);
+      }
+      li.append(sub);
+    }
+    ul.append(li);
+    select.append(new Option(a.name, a.id));
+  }
+}
+
+$("new-assistant").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  await api("POST", "/assistants", { name: $("assistant-name").value.trim() });
+  $("assistant-name").value = "";
+  await loadTeam();
+});
+
+$("new-skill").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  await api("POST", `/assistants/${$("skill-assistant").value}/skills`, {
+    name: $("skill-name").value.trim(),
+    description: $("skill-description").value.trim(),
+  });
+  $("skill-name").value = $("skill-description").value = "";
+  await loadTeam();
+});
+
+if (token) start();
