@@ -13,6 +13,7 @@ socket; everything goes out through the hub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 
@@ -92,11 +93,21 @@ class Turns:
         return [g.task for g in self._running.values() if g.task is not None]
 
     async def drain(self, timeout_s: float) -> bool:
-        """Wait for running generations to finish; True if all did in time."""
+        """Wait for running generations to finish; True if all did in time.
+
+        A generation is registered before it is announced and gets its task right after:
+        one caught in between is waited for too, or a SIGTERM arriving just after a
+        device saw ``turn_start`` would shut its reply down as an error."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        announcing = [g.started.wait() for g in self._running.values() if g.task is None]
+        if announcing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*announcing), timeout_s)
         tasks = self._tasks()
         if not tasks:
             return True
-        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
         return not pending
 
     async def shutdown(self) -> None:

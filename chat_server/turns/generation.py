@@ -84,6 +84,7 @@ class Generation:
         self._cancelled = False
         self._heard_chars: int | None = None  # set by a cancel with heard_chars
         self.task: asyncio.Task[None] | None = None
+        self.started = asyncio.Event()  # set once ``task`` exists
         self._started_at = time.monotonic()
         self._first_token_at: float | None = None
 
@@ -111,6 +112,7 @@ class Generation:
         )
         await ctx.hub.publish(self.start)
         self.task = asyncio.create_task(self._run(on_done), name=f"turn-{self.turn_id}")
+        self.started.set()
 
     def cancel(self, heard_chars: int | None) -> None:
         """Stop streaming; keep the text (only ``heard_chars`` of it, if given)."""
