@@ -154,6 +154,18 @@ class ChatClient:
         self._listeners.setdefault(kind, []).append(callback)
         return lambda: self._listeners[kind].remove(callback)
 
+    def next(self, kind: str, check: Callable[[Any], bool] = lambda m: True) -> asyncio.Future[Any]:
+        """A future for the next ``kind`` message (or status) that passes ``check``."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def seen(message: Any) -> None:
+            if not future.done() and check(message):
+                future.set_result(message)
+
+        stop = self.on(kind, seen)
+        future.add_done_callback(lambda _: stop())
+        return future
+
     async def connect(self) -> None:
         """Connect and resume; returns once welcomed (raises if told to stop)."""
         self._stopped = False
@@ -332,12 +344,21 @@ class ChatClient:
             with contextlib.suppress(websockets.ConnectionClosed):
                 await self._ws.send(encode(frame).decode())
 
-    async def _request(self, frame: Any) -> Any:
-        request_id = uuid.uuid4().hex
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        await self._transmit(msgspec.structs.replace(frame, id=request_id))
-        return await future
+    async def _request(self, frame: Any, attempts: int = 3) -> Any:
+        """Send a request and wait for its answer; a request the connection dropped under
+        (join, history: safe to repeat) is sent again once the client has resumed."""
+        for attempt in range(attempts):
+            request_id = uuid.uuid4().hex
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = future
+            await self._transmit(msgspec.structs.replace(frame, id=request_id))
+            try:
+                return await future
+            except ChatClientError as exc:
+                if exc.message != "connection closed" or attempt == attempts - 1 or self._stopped:
+                    raise
+            await self._open.wait()
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ inbound
 
@@ -362,6 +383,10 @@ class ChatClient:
             case Message() if c is not None:
                 c.messages[message.seq] = message.message
                 c.last_seq = max(c.last_seq, message.seq)
+                finished = c.replies.get(message.message.id)
+                if finished is not None:  # the reply ended while this device was away
+                    finished.text, finished.done = message.message.text, True
+                    finished.finish_reason = message.message.finish_reason
             case TurnStart() if c is not None and message.turn_id not in c.replies:
                 c.replies[message.turn_id] = Reply(
                     message.turn_id, message.seq, message.assistant, message.model, message.route

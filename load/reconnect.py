@@ -1,9 +1,10 @@
 """The ``reconnect`` scenario: clients drop mid-reply and come back with resume.
 
-Each client sends a turn whose reply streams for a while, drops its connection
-``drops`` times while the reply streams (spread over the reply), reconnects to the
-next URL (another replica when there are several) and resumes with ``after_seq`` and
-``offsets``, the way a phone that changes networks would.
+Each client (``chat_client``, the Python client apps use) sends a turn whose reply
+streams for a while and loses its network ``drops`` times while the reply streams
+(spread over the reply; the socket is aborted, no close frame). The client reconnects
+by itself to the next URL (another replica when there are several) and resumes with
+``after_seq`` and ``offsets``, the way a phone that changes networks would.
 
 Reports: reconnect → joined, reconnect → next delta, and what resumption must never
 do: a gap or a repeat in the reply text (``gaps``, ``repeats``), a reply that differs
@@ -19,9 +20,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient, count_lost, join, open_session, sim
+from chat_client import ChatClient
+from load.client import sim
 from load.runner import Shard, run_clients
-from protocol.messages import Ack, Delta, Error, Join, Message, Send, TurnEnd
+from protocol.messages import Delta, Joined, MessageInfo
 
 
 @dataclass(frozen=True)
@@ -42,97 +44,97 @@ async def setup(urls: list[str], params: Params, pids: list[int]) -> dict[str, A
 
 
 class _Resumer:
+    """One device on ``chat_client``: the client reconnects and resumes by itself; this
+    only takes the network away (``drop``) along each reply and checks the result."""
+
     def __init__(self, ctx: Shard, index: int) -> None:
         self.ctx = ctx
         self.p: Params = ctx.params
         self.user = f"load-reconnect-{ctx.setup['run']}-{index}"
-        self.index = index
-        self.connects = 0
-        self.client: ProtocolClient | None = None
-        self.seq = 0  # highest seq held complete
-        self.resumed_at: float | None = None
-
-    def _url(self) -> str:
-        url = self.ctx.urls[(self.index + self.connects) % len(self.ctx.urls)]
-        self.connects += 1
-        return url
+        urls = ctx.urls
+        start = index % len(urls)
+        self.client = ChatClient(
+            urls[start:] + urls[:start],
+            self.user,
+            backoff_base_s=self.p.reconnect_delay_ms / 1000,
+        )
+        self.dropped_at: float | None = None  # waiting for the joined after a drop
+        self.resumed_at: float | None = None  # waiting for the first delta after it
+        self.drop_at: list[int] = []
+        self.cid: uuid.UUID | None = None
+        # Replies that ended, by the user turn they answer: a turn_end, or the stored
+        # reply that a resume brings when it ended while this device was away.
+        self.ended: dict[uuid.UUID, MessageInfo] = {}
+        self.ending = asyncio.Event()
 
     async def run(self) -> None:
-        report = self.ctx.report
-        self.client = await open_session(self._url(), self.user)
-        cid = (await join(self.client, Join(create={}))).conversation.id  # type: ignore[arg-type]
+        report, client = self.ctx.report, self.client
+        client.on("delta", self._delta)
+        client.on("joined", self._joined)
+        client.on("turn_end", lambda end: self._ended(end.message, away=False))
+        client.on("message", lambda m: self._ended(m.message, away=True))
+        await client.connect()
+        self.cid = (await client.create()).id
         acked: set[str] = set()
         directive = sim(
             ttft_ms=self.p.ttft_ms, tps=self.p.tps, tokens=self.p.tokens, chunk=self.p.chunk
         )
         try:
-            for k in range(self.p.turns):
-                await self.client.send(
-                    Send(id=f"t{k}", conversation_id=cid, text=f"go {directive}")
-                )
-                if await self._turn(cid):
-                    acked.add(f"t{k}")
-            await count_lost(self.client, report, cid, acked, limit=50)
+            for _ in range(self.p.turns):
+                expected = self.p.tokens * 4  # a rough length, to spread the drops
+                self.drop_at = [
+                    expected * (d + 1) // (self.p.drops + 1) for d in range(self.p.drops)
+                ]
+                ack = await asyncio.wait_for(client.send(self.cid, f"go {directive}"), 60)
+                acked.add(ack.id)
+                async with asyncio.timeout(60):
+                    while ack.message_id not in self.ended:
+                        self.ending.clear()
+                        await self.ending.wait()
+                final = self.ended[ack.message_id]
+                reply = client.state.conversations[self.cid].replies.get(final.id)
+                if reply is None or reply.text != final.text or not reply.done:
+                    report.counts["lost_reply_text"] += 1
+                report.counts["replies"] += 1
+            page = await client.history(self.cid, limit=50)
+            stored = {m.client_id for m in page.messages if m.role == "user"}
+            report.counts["acked_turns"] += len(acked)
+            report.counts["lost_turns"] += len(acked - stored)
         finally:
-            await self.client.close()
+            await client.close()
 
-    async def _turn(self, cid: uuid.UUID) -> bool:
-        """One reply, dropping and resuming along the way; True if the send was acked."""
-        assert self.client is not None
+    def _ended(self, message: MessageInfo, *, away: bool) -> None:
+        if message.role == "assistant" and message.reply_to is not None:
+            if away and message.reply_to not in self.ended:
+                self.ctx.report.counts["replies_finished_while_away"] += 1
+            self.ended.setdefault(message.reply_to, message)
+            self.ending.set()
+
+    def _delta(self, delta: Delta) -> None:
+        """Before the client applies a delta: what resumption must never deliver."""
         report = self.ctx.report
-        acked = False
-        turn_id: uuid.UUID | None = None
-        text = ""
-        expected_chars = self.p.tokens * 4  # a rough length, to spread the drops
-        drop_at = [expected_chars * (d + 1) // (self.p.drops + 1) for d in range(self.p.drops)]
-        while True:
-            frame = await self.client.recv(timeout=30)
-            if isinstance(frame, Ack):
-                acked, self.seq = True, max(self.seq, frame.seq)
-            elif isinstance(frame, Error):
-                report.errors[frame.code] += 1
-                return acked
-            elif isinstance(frame, Delta) and turn_id in (None, frame.turn_id):
-                turn_id = frame.turn_id
-                if self.resumed_at is not None:
-                    waited = time.perf_counter() - self.resumed_at
-                    report.add("reconnect → next delta", waited * 1000)
-                    self.resumed_at = None
-                if frame.offset > len(text):
-                    report.counts["gaps"] += 1
-                elif frame.offset < len(text):
-                    report.counts["repeats"] += 1
-                text = text[: frame.offset] + frame.text
-                if drop_at and len(text) >= drop_at[0]:
-                    drop_at.pop(0)
-                    await self._resume(cid, turn_id, len(text))
-            elif isinstance(frame, TurnEnd):
-                self.seq = max(self.seq, frame.seq)
-                if frame.message.text != text:
-                    report.counts["lost_reply_text"] += 1
-                report.counts["replies"] += 1
-                return acked
-            elif isinstance(frame, Message) and frame.message.role == "assistant":
-                # The reply ended while this device was away: it comes back stored.
-                self.seq = max(self.seq, frame.seq)
-                if not frame.message.text.startswith(text):
-                    report.counts["lost_reply_text"] += 1
-                report.counts["replies"] += 1
-                report.counts["replies_finished_while_away"] += 1
-                return acked
+        assert self.cid is not None
+        reply = self.client.state.conversations[self.cid].replies.get(delta.turn_id)
+        have = len(reply.text) if reply is not None else 0
+        if delta.offset > have:
+            report.counts["gaps"] += 1
+        elif delta.offset < have:
+            report.counts["repeats"] += 1
+        if self.resumed_at is not None:
+            report.add("reconnect → next delta", (time.perf_counter() - self.resumed_at) * 1000)
+            self.resumed_at = None
+        if self.drop_at and have + len(delta.text) >= self.drop_at[0]:
+            self.drop_at.pop(0)
+            self.dropped_at = time.perf_counter()
+            report.counts["reconnects"] += 1
+            asyncio.get_running_loop().create_task(self.client.drop())
 
-    async def _resume(self, cid: uuid.UUID, turn_id: uuid.UUID, held: int) -> None:
-        assert self.client is not None
-        self.client.ws.transport.abort()  # the network is gone: no close frame
-        await asyncio.sleep(self.p.reconnect_delay_ms / 1000)
-        started = time.perf_counter()
-        self.client = await open_session(self._url(), self.user)
-        await join(
-            self.client, Join(conversation_id=cid, after_seq=self.seq, offsets={turn_id: held})
-        )
-        self.ctx.report.add("reconnect → joined", (time.perf_counter() - started) * 1000)
-        self.ctx.report.counts["reconnects"] += 1
-        self.resumed_at = started
+    def _joined(self, joined: Joined) -> None:
+        if self.dropped_at is not None:
+            self.ctx.report.add(
+                "reconnect → joined", (time.perf_counter() - self.dropped_at) * 1000
+            )
+            self.resumed_at, self.dropped_at = self.dropped_at, None
 
 
 async def run(ctx: Shard) -> None:

@@ -32,18 +32,6 @@ async def rows(db: async_sessionmaker[AsyncSession], cid: uuid.UUID) -> list[Mes
         return list(await s.scalars(query.order_by(MessageRow.seq)))
 
 
-def waiter(client: ChatClient, kind: str, check: Callable[[object], bool] = lambda m: True):
-    """A future for the next ``kind`` message that passes ``check``."""
-    future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-
-    def seen(message: object) -> None:
-        if check(message) and not future.done():
-            future.set_result(message)
-
-    client.on(kind, seen)
-    return future
-
-
 def watch_offsets(client: ChatClient, cid: uuid.UUID, counts: dict[str, int]) -> None:
     """Count what resumption must never deliver: a delta past the text held (a gap)."""
 
@@ -61,7 +49,7 @@ async def test_a_reply_streams_in_and_equals_the_stored_one(
     client = ChatClient(server.ws, new_user())
     await client.connect()
     info = await client.create("python")
-    ended = waiter(client, "turn_end")
+    ended = client.next("turn_end")
     ack = await client.send(info.id, "hello " + directive(tps=200, tokens=20))
     end = await asyncio.wait_for(ended, 15)
     assert isinstance(end, TurnEnd)
@@ -81,14 +69,14 @@ async def test_a_connection_lost_mid_reply_resumes_exactly(
     info = await client.create("drop")
     counts = {"gaps": 0}
     watch_offsets(client, info.id, counts)
-    started = waiter(client, "turn_start")
+    started = client.next("turn_start")
     await client.send(info.id, "long " + directive(tps=40, tokens=80))
     start = await asyncio.wait_for(started, 10)
     assert isinstance(start, TurnStart)
     for _ in range(2):  # two losses of the network along the reply
-        await asyncio.wait_for(waiter(client, "delta", lambda d: d.offset > 0), 10)
+        await asyncio.wait_for(client.next("delta", lambda d: d.offset > 0), 10)
         await client.drop()
-    end = await asyncio.wait_for(waiter(client, "turn_end"), 20)
+    end = await asyncio.wait_for(client.next("turn_end"), 20)
     assert isinstance(end, TurnEnd)
     reply = client.state.conversations[info.id].replies[start.turn_id]
     assert reply.text == end.message.text == (await rows(db, info.id))[-1].text
@@ -107,7 +95,7 @@ async def test_an_unacked_turn_is_resent_after_a_drop_and_stored_once(
     await client.drop()  # ...and the network is gone before the ack can come back
     ack = await asyncio.wait_for(sending, 15)
     assert client.state.outbox == []
-    await asyncio.wait_for(waiter(client, "turn_end"), 15)
+    await asyncio.wait_for(client.next("turn_end"), 15)
     users = [r for r in await rows(db, info.id) if r.role == "user"]
     assert [r.id for r in users] == [ack.message_id], "stored exactly once"
     await client.close()
@@ -126,7 +114,7 @@ async def test_the_outbox_file_survives_a_restart_of_the_client(
     assert path.exists()
     pending.cancel()
     second = ChatClient(server.ws, user, outbox_path=path)
-    acked = waiter(second, "ack")
+    acked = second.next("ack")
     await second.connect()  # rejoins the outbox's conversation and resends
     await asyncio.wait_for(acked, 10)
     assert not path.exists()
@@ -153,14 +141,14 @@ async def test_go_away_moves_to_the_other_replica_and_the_reply_finishes_exactly
     client = ChatClient([a.ws, b.ws], new_user(), backoff_base_s=0.05)
     await client.connect()
     info = await client.create("go away")
-    started = waiter(client, "turn_start")
+    started = client.next("turn_start")
     await client.send(info.id, "drain " + directive(tps=30, tokens=60))
     start = await asyncio.wait_for(started, 10)
     assert isinstance(start, TurnStart)
-    going = waiter(client, "go_away")
+    going = client.next("go_away")
     a.process.send_signal(signal.SIGTERM)
     assert isinstance(await asyncio.wait_for(going, 10), GoAway)
-    end = await asyncio.wait_for(waiter(client, "turn_end"), 30)
+    end = await asyncio.wait_for(client.next("turn_end"), 30)
     assert isinstance(end, TurnEnd)
     reply = client.state.conversations[info.id].replies[start.turn_id]
     assert (reply.text, end.finish_reason) == (end.message.text, "stop"), end.error

@@ -347,6 +347,13 @@ export class ChatClient {
         if (!c) break;
         c.messages[message.seq] = message.message;
         c.lastSeq = Math.max(c.lastSeq, message.seq);
+        const finished = c.replies[message.message.id];
+        if (finished) {
+          // The reply ended while this device was away: the stored text is the reply.
+          finished.text = message.message.text;
+          finished.done = true;
+          finished.finishReason = message.message.finish_reason ?? undefined;
+        }
         break;
       }
       case "turn_start": {
