@@ -43,6 +43,7 @@ from protocol.messages import (
     ClientMessage,
     ConversationCreate,
     ConversationInfo,
+    ConversationUpdated,
     Delta,
     Error,
     FinishReason,
@@ -404,6 +405,8 @@ class ChatClient:
                     reply.finish_reason, reply.usage = message.finish_reason, message.usage
                 c.messages[message.seq] = message.message
                 c.last_seq = max(c.last_seq, message.seq)
+            case ConversationUpdated() if c is not None:
+                c.info = message.conversation  # renamed
             case Presence() if c is not None:
                 c.devices = message.devices
             case GoAway():

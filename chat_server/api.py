@@ -31,6 +31,7 @@ from chat_server.api_schema import (
     ConversationIn,
     ConversationOut,
     ConversationPage,
+    ConversationPatch,
     ExampleIn,
     ExampleOut,
     FeedbackIn,
@@ -56,7 +57,7 @@ from chat_server.router.learning import learn_misroute
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
 from chat_server.wire import message_info
-from protocol.messages import MAX_SEQ
+from protocol.messages import MAX_SEQ, ConversationInfo, ConversationUpdated
 
 R = TypeVar("R")
 CONVERSATIONS_LIMIT = rest.Query("limit", "page size", 1, 100, 20)
@@ -334,6 +335,22 @@ async def get_conversation(c: Caller) -> Response:
         return respond(_conversation_out(await _own_conversation(s, c)))
 
 
+async def rename_conversation(c: Caller) -> Response:
+    """A new title; every device joined to the conversation hears of it at once."""
+    body = decode_body(ConversationPatch, await c.request.body())
+    async with c.db() as s:
+        conversation = await _own_conversation(s, c)
+        conversation.title = body.title
+        await s.flush()
+        await s.refresh(conversation)
+        out = _conversation_out(conversation)
+    info = ConversationInfo(
+        id=out.id, title=out.title, assistant_id=out.assistant_id, last_seq=out.last_seq
+    )
+    await c.runtime.hub.publish(ConversationUpdated(conversation_id=out.id, conversation=info))
+    return respond(out)
+
+
 async def delete_conversation(c: Caller) -> Response:
     async with c.db() as s:
         await s.delete(await _own_conversation(s, c))
@@ -547,6 +564,14 @@ ENDPOINTS = [
         get_conversation,
         "Get a conversation",
         None,
+        ConversationOut,
+    ),
+    Endpoint(
+        "PATCH",
+        "/conversations/{conversation_id}",
+        rename_conversation,
+        "Rename a conversation (its devices get a conversation event)",
+        ConversationPatch,
         ConversationOut,
     ),
     Endpoint(

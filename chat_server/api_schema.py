@@ -93,6 +93,10 @@ class ConversationIn(_In):
     assistant_id: uuid.UUID | None = None
 
 
+class ConversationPatch(_In):
+    title: Title | None  # the new title (null: untitled)
+
+
 class ConversationOut(msgspec.Struct, kw_only=True):
     id: uuid.UUID
     title: str | None

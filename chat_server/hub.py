@@ -18,6 +18,7 @@ import msgspec
 from chat_server.bus import Bus
 from protocol import encode
 from protocol.messages import (
+    ConversationUpdated,
     Delta,
     InputEvent,
     Message,
@@ -29,7 +30,16 @@ from protocol.messages import (
 
 log = logging.getLogger(__name__)
 
-Broadcast = Message | TurnStart | Delta | TurnEnd | InputEvent | TypingEvent | Presence
+Broadcast = (
+    Message
+    | TurnStart
+    | Delta
+    | TurnEnd
+    | InputEvent
+    | TypingEvent
+    | Presence
+    | ConversationUpdated
+)
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -316,6 +316,14 @@ class Presence(_Frame, tag="presence", kw_only=True):
     devices: int  # connections joined to the conversation
 
 
+class ConversationUpdated(_Frame, tag="conversation", kw_only=True):
+    """The conversation changed (renamed over REST): sent to every device joined to it,
+    on every replica. Live only; a device that joins later reads it in ``joined``."""
+
+    conversation_id: uuid.UUID
+    conversation: ConversationInfo
+
+
 class HistoryPage(_Frame, tag="history", kw_only=True):
     id: RequestId | None = None
     conversation_id: uuid.UUID
@@ -355,6 +363,7 @@ ServerMessage = (
     | InputEvent
     | TypingEvent
     | Presence
+    | ConversationUpdated
     | HistoryPage
     | Left
     | Pong

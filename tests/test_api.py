@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from chat_server import api
 from chat_server.config import Secret
-from protocol.messages import Ack, Send, TurnEnd
+from protocol.messages import Ack, ConversationUpdated, Send, TurnEnd
 from tests.servers import RunningServer
 from tests.wsclient import Client, new_user
 
@@ -238,6 +238,32 @@ def test_conversations_create_list_paginate_get_delete(http: httpx.Client) -> No
 
 
 @pytest.mark.asyncio
+async def test_renaming_tells_every_device_of_the_conversation(server: RunningServer) -> None:
+    user, outsider = new_user(), new_user()
+    device = await Client.connect(server.ws)
+    await device.hello(user)
+    cid = await device.create(title="before")
+    async with httpx.AsyncClient(
+        base_url=f"{server.http}/api/v1", headers={"Authorization": f"Bearer {user}"}
+    ) as http:
+        renamed = await http.patch(f"/conversations/{cid}", json={"title": "after"})
+        assert renamed.status_code == 200, renamed.text
+        assert renamed.json()["title"] == "after"
+        event, _ = await device.until(ConversationUpdated)
+        assert (event.conversation_id, event.conversation.title) == (cid, "after")
+        assert (await http.get(f"/conversations/{cid}")).json()["title"] == "after"
+        untitled = await http.patch(f"/conversations/{cid}", json={"title": None})
+        assert untitled.json()["title"] is None
+        assert error(await http.patch(f"/conversations/{cid}", json={"title": "t" * 201}), 422)
+        assert error(await http.patch(f"/conversations/{cid}", json={}), 422)
+    async with httpx.AsyncClient(
+        base_url=f"{server.http}/api/v1", headers={"Authorization": f"Bearer {outsider}"}
+    ) as foreign:
+        assert error(await foreign.patch(f"/conversations/{cid}", json={"title": "x"}), 404)
+    await device.close()
+
+
+@pytest.mark.asyncio
 async def test_history_pages_over_rest_match_what_the_websocket_stored(
     server: RunningServer,
 ) -> None:
@@ -400,7 +426,7 @@ def test_schemathesis_finds_no_server_error_or_undocumented_answer(
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "20/20" in result.stdout  # every operation was tested
+    assert "21/21" in result.stdout  # every operation was tested
 
 
 # ---------------------------------------------------------------- CORS

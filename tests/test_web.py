@@ -126,7 +126,9 @@ async def test_a_reload_mid_reply_finishes_it_without_duplicated_text(
     assert await replies(page).count() == 1
 
 
-async def test_a_second_tab_sees_the_same_stream(browser: Browser, server: RunningServer) -> None:
+async def test_a_second_tab_sees_the_same_stream_and_a_rename(
+    browser: Browser, server: RunningServer
+) -> None:
     user = new_user()
     context = await browser.new_context()
     first = await context.new_page()
@@ -145,6 +147,10 @@ async def test_a_second_tab_sees_the_same_stream(browser: Browser, server: Runni
     texts = [await replies(p).first.locator(".body").inner_text() for p in (first, second)]
     assert texts[0] == texts[1]
     await expect(second.locator("#presence")).to_contain_text("2 devices")
+    first.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("Renamed")))
+    await first.click("#rename")
+    await expect(second.locator("#title")).to_have_text("Renamed")  # the other tab hears it
+    await expect(second.locator("#conversations")).to_contain_text("Renamed")
     await context.close()
 
 

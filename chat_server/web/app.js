@@ -52,6 +52,10 @@ async function start() {
   client.on("status", showStatus);
   client.on("state", () => render());
   client.on("error", (e) => showStatus(`error: ${e.message}`));
+  client.on("conversation", (e) => {
+    if (e.conversation_id === current) $("title").textContent = e.conversation.title || "Untitled";
+    loadConversations();
+  });
   try {
     await client.connect();
   } catch (error) {
@@ -97,6 +101,13 @@ $("new").addEventListener("click", async () => {
   const info = await client.create(title || null);
   await loadConversations();
   await open(info.id);
+});
+
+$("rename").addEventListener("click", async () => {
+  if (!current) return;
+  const title = prompt("New title", $("title").textContent);
+  if (title === null) return;
+  await api("PATCH", `/conversations/${current}`, { title: title.trim() || null });
 });
 
 $("delete").addEventListener("click", async () => {

@@ -301,6 +301,12 @@ export class ChatClient {
                 c.lastSeq = Math.max(c.lastSeq, message.seq);
                 break;
             }
+            case "conversation": {
+                const c = this.state.conversations[message.conversation_id];
+                if (c)
+                    c.info = message.conversation; // renamed
+                break;
+            }
             case "presence": {
                 const c = this.state.conversations[message.conversation_id];
                 if (c)

@@ -28,6 +28,13 @@ export interface ConversationInfo {
     last_seq?: number;
     title?: string | null;
 }
+/** The conversation changed (renamed over REST): sent to every device joined to it,
+ * on every replica. Live only; a device that joins later reads it in ``joined``. */
+export interface ConversationUpdated {
+    conversation: ConversationInfo;
+    conversation_id: string;
+    type: "conversation";
+}
 export interface Delta {
     conversation_id: string;
     offset: number;
@@ -248,7 +255,7 @@ export interface Welcome {
     user_id: string;
 }
 export type ClientMessage = Hello | Join | Send | Input | Cancel | History | Leave | Typing | Ping;
-export type ServerMessage = Welcome | Joined | Ack | Message | TurnStart | Delta | TurnEnd | InputEvent | TypingEvent | Presence | HistoryPage | Left | Pong | GoAway | ErrorFrame;
+export type ServerMessage = Welcome | Joined | Ack | Message | TurnStart | Delta | TurnEnd | InputEvent | TypingEvent | Presence | ConversationUpdated | HistoryPage | Left | Pong | GoAway | ErrorFrame;
 export interface CloseCodeInfo {
     name: string;
     meaning: string;

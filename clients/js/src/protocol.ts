@@ -35,6 +35,14 @@ export interface ConversationInfo {
   title?: string | null;
 }
 
+/** The conversation changed (renamed over REST): sent to every device joined to it,
+ * on every replica. Live only; a device that joins later reads it in ``joined``. */
+export interface ConversationUpdated {
+  conversation: ConversationInfo;
+  conversation_id: string;
+  type: "conversation";
+}
+
 export interface Delta {
   conversation_id: string;
   offset: number;
@@ -308,6 +316,7 @@ export type ServerMessage =
   | InputEvent
   | TypingEvent
   | Presence
+  | ConversationUpdated
   | HistoryPage
   | Left
   | Pong

@@ -14,6 +14,7 @@ const user = () => `js-${Math.random().toString(36).slice(2, 10)}`;
 function until(client, type, check = () => true, timeoutMs = 15000) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no ${type} in ${timeoutMs} ms`)), timeoutMs);
+    timer.unref(); // a wait nobody needs any more does not hold the test run open
     const off = client.on(type, (m) => {
       if (check(m)) {
         clearTimeout(timer);
@@ -76,11 +77,17 @@ test("a send not yet acked when the socket drops is resent and stored once", asy
   const client = new ChatClient({ url: A, token, backoffBaseMs: 50 });
   await client.connect();
   const conversation = await client.create("outbox");
+  // The short reply may end while the client is away: then the resume brings it stored.
+  const live = until(client, "turn_end");
+  const stored_ = until(client, "message", (m) => m.message.role === "assistant");
+  const answered = Promise.any([live, stored_]);
   const acked = client.send(conversation.id, `remember me ${slow(3, 200)}`);
   client.ws.close(4000, "test drop"); // before the ack can arrive
   const ack = await acked;
   assert.equal(client.state.outbox.length, 0, "the outbox is empty once acked");
-  await until(client, "turn_end");
+  await answered;
+  live.catch(() => {});
+  stored_.catch(() => {});
   const rows = await stored(A, token, conversation.id);
   assert.equal(rows.filter((m) => m.role === "user").length, 1, "stored exactly once");
   assert.equal(rows[0].id, ack.message_id);
