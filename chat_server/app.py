@@ -17,6 +17,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -181,8 +182,13 @@ def create_app(settings: Settings) -> Starlette:
 
     routes: list[Route | WebSocketRoute | Mount] = [
         Route("/", http.index),
-        Mount("/web", StaticFiles(directory=http.WEB), name="web"),
-        Mount("/client", StaticFiles(directory=http.CLIENT, check_dir=False), name="client"),
+        # The page's files, compressed for browsers that accept it (43 KB of JavaScript).
+        Mount("/web", GZipMiddleware(StaticFiles(directory=http.WEB)), name="web"),
+        Mount(
+            "/client",
+            GZipMiddleware(StaticFiles(directory=http.CLIENT, check_dir=False)),
+            name="client",
+        ),
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/health", http.health),
         Route("/ready", http.ready),

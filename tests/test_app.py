@@ -38,6 +38,27 @@ async def test_index_links_every_entry_point(server: RunningServer) -> None:
     assert f"ws://127.0.0.1:{server.port}/ws" in index.text
 
 
+async def test_the_pages_javascript_is_served_compressed_and_small(server: RunningServer) -> None:
+    """Every script the page loads, as a browser fetches it: ES modules with a JavaScript
+    MIME type, gzipped, 100 KB at most in all (the page's budget)."""
+    scripts = [
+        "/web/app.js",
+        "/client/client.js",
+        "/client/protocol.js",
+        "/web/vendor/marked.esm.js",
+        "/web/vendor/purify.es.mjs",
+    ]
+    sent = 0
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        for path in scripts:
+            async with http.stream("GET", path, headers={"Accept-Encoding": "gzip"}) as r:
+                assert r.status_code == 200, path
+                assert r.headers["content-type"].startswith("text/javascript"), path
+                assert r.headers["content-encoding"] == "gzip", path
+                sent += sum([len(chunk) async for chunk in r.aiter_raw()])
+    assert sent <= 100 * 1024, f"{sent} bytes of JavaScript"
+
+
 async def test_health_ready_and_protocol_spec(server: RunningServer) -> None:
     async with httpx.AsyncClient(base_url=server.http) as http:
         health = await http.get("/health")
