@@ -191,3 +191,105 @@ async def test_enter_inside_an_ime_composition_does_not_send(
     assert await page.input_value("#text") == "かいぎ"
     await page.press("#text", "Enter")  # composition confirmed: now Enter sends
     await expect(page.locator("#messages li.msg.user")).to_have_count(1)
+
+
+# The browser's speech engines are the platform's; these stand-ins let the test drive the
+# page's own voice logic: a recognizer the test feeds transcripts to, and a synthesizer
+# that "reads" each phrase for 150 ms and records it.
+FAKE_SPEECH = """
+window.SpeechRecognition = class {
+  constructor() { window.__recognizer = this; }
+  start() {}
+  stop() {}
+  say(text, isFinal) {
+    const result = [{ transcript: text }];
+    result.isFinal = isFinal;
+    this.onresult({ resultIndex: 0, results: [result] });
+  }
+};
+window.__spoken = [];
+window.__cancelled = 0;
+window.SpeechSynthesisUtterance = class { constructor(text) { this.text = text; } };
+Object.defineProperty(window, "speechSynthesis", { value: {
+  queue: [],
+  speak(u) { this.queue.push(u); if (this.queue.length === 1) this.next(); },
+  next() {
+    const u = this.queue[0];
+    if (!u) return;
+    window.__spoken.push(u.text);
+    setTimeout(() => {
+      if (this.queue[0] === u) { this.queue.shift(); u.onend?.(); this.next(); }
+    }, 150);
+  },
+  cancel() { this.queue = []; window.__cancelled += 1; },
+}});
+"""
+
+
+async def test_voice_mode_talks_reads_aloud_and_is_interrupted_by_speaking(
+    browser: Browser, server: RunningServer
+) -> None:
+    user = new_user()
+    page = await browser.new_page()
+    await page.add_init_script(FAKE_SPEECH)
+    await page.goto(server.http)
+    await page.fill("#token", user)
+    await page.click("#signin button")
+    await new_conversation(page, "Voice")
+    await page.click("#voice")
+    await expect(page.locator("#voice")).to_have_attribute("aria-pressed", "true")
+    await expect(page.locator("#status")).to_have_text("connected")
+    await page.wait_for_function("window.__recognizer !== undefined")
+    # A final transcript commits the turn; the reply is read aloud phrase by phrase.
+    reply_text = "First sentence here. Second one follows. And a third. " * 4
+    spoken = f"hello {directive(tps=40, reply=shlex.quote(reply_text))}"
+    await page.evaluate("t => window.__recognizer.say(t, true)", spoken)
+    await expect(page.locator("#messages li.msg.user")).to_have_count(1)
+    await page.wait_for_function("window.__spoken.length >= 2", timeout=10000)
+    # Talking over it: reading stops and the reply ends where it was heard.
+    await page.evaluate("window.__recognizer.say('wait', false)")
+    reply = replies(page).first
+    await expect(reply).to_have_attribute("data-streaming", "false", timeout=10000)
+    await expect(reply.locator(".meta")).to_contain_text("interrupted")
+    assert await page.evaluate("window.__cancelled") >= 1
+    heard = await page.evaluate("window.__spoken.join('')")
+    stored = (await stored_reply(server, user)).rstrip()
+    assert 0 < len(stored) < len(reply_text.strip()), "kept only what was heard"
+    assert heard.startswith(stored), "the stored reply is what was read aloud, no more"
+
+
+async def test_the_team_is_created_and_edited_on_the_page(
+    browser: Browser, server: RunningServer
+) -> None:
+    user = new_user()
+    page = await signed_in(browser, server, user)
+    await page.click("#team summary")
+    await page.fill("#assistant-name", "Planner")
+    await page.click("#new-assistant button")
+    planner = page.locator("#assistants li.assistant", has_text="Planner")
+    await expect(planner).to_have_count(1)
+    await page.select_option("#skill-assistant", label="Planner")
+    await page.fill("#skill-name", "trips")
+    await page.fill("#skill-description", "plan trips and book travel")
+    await page.click("#new-skill button")
+    skill = page.locator("#assistants li.skill", has_text="trips")
+    await expect(skill).to_contain_text("plan trips and book travel")
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("plan journeys")))
+    await skill.get_by_role("button", name="Edit").click()
+    await expect(skill).to_contain_text("trips: plan journeys")
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("Travel agent")))
+    await planner.get_by_role("button", name="Rename").first.click()
+    await expect(page.locator("#assistants")).to_contain_text("Travel agent")
+    async with httpx.AsyncClient(
+        base_url=f"{server.http}/api/v1", headers={"Authorization": f"Bearer {user}"}
+    ) as http:
+        names = {a["name"] for a in (await http.get("/assistants")).json()}
+    assert "Travel agent" in names
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await (
+        page.locator("#assistants li.skill", has_text="trips")
+        .get_by_role("button", name="Delete")
+        .click()
+    )
+    await expect(page.locator("#assistants li.skill")).to_have_count(0)
+    await shot(page, "team")

@@ -14,6 +14,7 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 const markdown = (text) => DOMPurify.sanitize(marked.parse(text, { async: false }));
 
 let client = null;
+let voiceOn = false;
 let token = localStorage.getItem("chat-token") || "";
 let current = null; // conversation id
 let assistants = []; // the team, from REST
@@ -48,7 +49,16 @@ async function start() {
   $("signin").hidden = true;
   $("app").hidden = false;
   $("signout").hidden = false;
-  client = new ChatClient({ url: document.body.dataset.ws, token, storage: localStorage, client: "web" });
+  client = new ChatClient({
+    url: document.body.dataset.ws,
+    token,
+    storage: localStorage,
+    client: "web",
+    // Voice: replies arrive in phrase-sized chunks to speak, and the user speaking over a
+    // reply (the first partial transcript) interrupts it where it was heard.
+    options: voiceOn ? { speech_chunks: true, interrupt_on: "partial", early_routing: true } : {},
+  });
+  client.on("delta", speak);
   client.on("status", showStatus);
   client.on("state", () => render());
   client.on("error", (e) => showStatus(`error: ${e.message}`));
@@ -67,7 +77,7 @@ async function start() {
   const list = await loadConversations();
   const wanted = sessionStorage.getItem("chat-current");
   const first = list.find((c) => c.id === wanted) ?? list[0];
-  if (first) await open(first.id);
+  if (first) await openConversation(first.id);
 }
 
 function showStatus(status) {
@@ -88,7 +98,7 @@ async function loadConversations() {
     button.textContent = c.title || "Untitled";
     button.dataset.id = c.id;
     button.setAttribute("aria-current", String(c.id === current));
-    button.addEventListener("click", () => open(c.id));
+    button.addEventListener("click", () => openConversation(c.id));
     li.append(button);
     ul.append(li);
   }
@@ -100,7 +110,7 @@ $("new").addEventListener("click", async () => {
   if (title === null) return;
   const info = await client.create(title || null);
   await loadConversations();
-  await open(info.id);
+  await openConversation(info.id);
 });
 
 $("rename").addEventListener("click", async () => {
@@ -117,11 +127,11 @@ $("delete").addEventListener("click", async () => {
   current = null;
   sessionStorage.removeItem("chat-current");
   const list = await loadConversations();
-  if (list[0]) await open(list[0].id);
+  if (list[0]) await openConversation(list[0].id);
   else render();
 });
 
-async function open(id) {
+async function openConversation(id) {
   current = id;
   sessionStorage.setItem("chat-current", id);
   rendered.clear();
@@ -284,13 +294,23 @@ async function loadTeam() {
   select.replaceChildren();
   for (const a of assistants) {
     const li = document.createElement("li");
-    li.textContent = a.name;
+    li.className = "assistant";
+    const name = document.createElement("span");
+    name.textContent = a.name;
+    li.append(name, editButton("Rename", `Rename ${a.name}`, a.name, (v) => api("PATCH", `/assistants/${a.id}`, { name: v })));
     const skills = await api("GET", `/assistants/${a.id}/skills`);
     if (skills.length) {
       const sub = document.createElement("ul");
       for (const s of skills) {
         const item = document.createElement("li");
-        item.textContent = `${s.name}: ${s.description}`;
+        item.className = "skill";
+        const text = document.createElement("span");
+        text.textContent = `${s.name}: ${s.description}`;
+        item.append(
+          text,
+          editButton("Edit", `Describe ${s.name}`, s.description, (v) => api("PATCH", `/skills/${s.id}`, { description: v })),
+          editButton("Delete", null, null, () => api("DELETE", `/skills/${s.id}`)),
+        );
         sub.append(item);
       }
       li.append(sub);
@@ -298,6 +318,24 @@ async function loadTeam() {
     ul.append(li);
     select.append(new Option(a.name, a.id));
   }
+}
+
+/** A small button that asks for a new value (or a confirmation) and saves it. */
+function editButton(label, question, value, save) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = label;
+  button.addEventListener("click", async () => {
+    const answer = question ? prompt(question, value) : confirm(`${label}?`) ? "" : null;
+    if (answer === null || (question && !answer.trim())) return;
+    try {
+      await save(answer.trim());
+    } catch (error) {
+      showStatus(`not saved: ${error.message}`);
+    }
+    await loadTeam();
+  });
+  return button;
 }
 
 $("new-assistant").addEventListener("submit", async (event) => {
@@ -316,5 +354,69 @@ $("new-skill").addEventListener("submit", async (event) => {
   $("skill-name").value = $("skill-description").value = "";
   await loadTeam();
 });
+
+// ---------------------------------------------------------------- voice mode
+
+const Recognition = window.SpeechRecognition || window.webkitSpeechRecognition;
+let recognition = null;
+let utterance = null; // the input being spoken: { id }
+const speaking = { turnId: null, heard: 0, queued: 0 }; // the reply being read aloud
+
+$("voice").addEventListener("click", async () => {
+  if (!Recognition || !window.speechSynthesis) {
+    showStatus("voice needs the Web Speech API (Chrome, Edge, Safari)");
+    return;
+  }
+  voiceOn = !voiceOn;
+  $("voice").setAttribute("aria-pressed", String(voiceOn));
+  client.close(); // the session options change: reconnect with them (same conversation)
+  rendered.clear();
+  await start();
+  if (voiceOn) listen();
+  else {
+    recognition?.stop();
+    recognition = null;
+    speechSynthesis.cancel();
+  }
+});
+
+function listen() {
+  recognition = new Recognition();
+  recognition.continuous = true;
+  recognition.interimResults = true;
+  recognition.lang = navigator.language || "en-US";
+  recognition.onresult = (event) => {
+    for (let i = event.resultIndex; i < event.results.length; i++) {
+      const result = event.results[i];
+      const text = result[0].transcript.trim();
+      if (!text || !current) continue;
+      utterance ??= { id: crypto.randomUUID() };
+      // Talking over the reply: stop reading it, and tell the server how much was heard.
+      const heard = speaking.turnId && speaking.queued > 0 ? speaking.heard : undefined;
+      if (heard !== undefined) {
+        speechSynthesis.cancel();
+        speaking.queued = 0;
+      }
+      client.input(current, utterance.id, text, result.isFinal, heard);
+      if (result.isFinal) utterance = null;
+    }
+  };
+  recognition.onend = () => voiceOn && recognition && recognition.start(); // keep listening
+  recognition.start();
+}
+
+/** In voice mode every delta is a phrase (speech_chunks): read it aloud in order. */
+function speak(delta) {
+  if (!voiceOn || delta.conversation_id !== current || !delta.text.trim()) return;
+  if (speaking.turnId !== delta.turn_id) Object.assign(speaking, { turnId: delta.turn_id, heard: 0, queued: 0 });
+  const phrase = new SpeechSynthesisUtterance(delta.text);
+  speaking.queued += 1;
+  phrase.onend = () => {
+    if (speaking.turnId !== delta.turn_id) return;
+    speaking.heard = delta.offset + delta.text.length; // heard up to here
+    speaking.queued = Math.max(0, speaking.queued - 1);
+  };
+  speechSynthesis.speak(phrase);
+}
 
 if (token) start();
