@@ -17,6 +17,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from chat_client import ChatClient
 from tests.servers import RunningServer
 from tests.wsclient import directive, new_user
 
@@ -293,3 +294,22 @@ async def test_the_team_is_created_and_edited_on_the_page(
     )
     await expect(page.locator("#assistants li.skill")).to_have_count(0)
     await shot(page, "team")
+
+
+async def test_scrolling_up_pages_in_older_history(browser: Browser, server: RunningServer) -> None:
+    user = new_user()
+    client = ChatClient(server.ws, user)
+    await client.connect()
+    info = await client.create("Long")
+    for n in range(30):  # 60 messages: more than the first page of 50
+        ended = client.next("turn_end")
+        await client.send(info.id, f"turn {n} {directive(ttft_ms=0, tps=2000, tokens=3)}")
+        await asyncio.wait_for(ended, 10)
+    await client.close()
+    page = await signed_in(browser, server, user)
+    messages = page.locator("#messages li.msg")
+    await expect(messages).to_have_count(50)
+    await expect(messages.first).to_contain_text("turn 5")  # seq 11: the oldest of the page
+    await page.eval_on_selector("#messages", "el => el.scrollTop = 0")
+    await expect(messages).to_have_count(60)
+    await expect(messages.first).to_contain_text("turn 0")

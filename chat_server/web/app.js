@@ -146,22 +146,23 @@ async function openConversation(id) {
   scrollDown();
 }
 
-/** History paging: the page before the oldest message shown (scrolling up loads more). */
+/** History paging: the page before the oldest message shown (scrolling up loads more).
+ * Returns how many messages it added. */
 async function olderHistory() {
   const c = client.state.conversations[current];
-  if (!c) return false;
+  if (!c) return 0;
   const seqs = Object.keys(c.messages).map(Number);
   const before = seqs.length ? Math.min(...seqs) : undefined;
-  if (before === 1) return false;
+  if (before === 1) return 0;
   const page = await client.history(current, before, 50);
   for (const m of page.messages) if (m.status !== "streaming") c.messages[m.seq] = m;
-  return page.has_more;
+  return page.messages.length;
 }
 
 $("messages").addEventListener("scroll", async (event) => {
   if (event.target.scrollTop > 0 || !current) return;
   const height = event.target.scrollHeight;
-  if (await olderHistory()) {
+  if ((await olderHistory()) > 0) {
     render();
     event.target.scrollTop = event.target.scrollHeight - height;
   }
