@@ -153,6 +153,11 @@ def create_app(settings: Settings) -> Starlette:
                 embedder=embedder,
             )
             turns = runtime.turns
+            runtime.metrics.watch(
+                "chat_db_connections_in_use",
+                "Postgres connections checked out of the pool",
+                lambda: engine.pool.checkedout(),  # type: ignore[attr-defined]
+            )
             app.state.runtime = runtime
             try:  # loads the model now, off the event loop, instead of on the first turn
                 await runtime.turns.matcher.warm()
@@ -191,6 +196,7 @@ def create_app(settings: Settings) -> Starlette:
         ),
         WebSocketRoute("/ws", websocket_endpoint),
         Route("/health", http.health),
+        Route("/metrics", http.metrics),
         Route("/ready", http.ready),
         Route("/protocol.json", http.protocol_schema),
         *api.routes(),

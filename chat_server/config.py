@@ -81,6 +81,8 @@ class Settings:
     gemini_embed_model: str = "gemini-embedding-001"  # GEMINI_EMBED_MODEL
     # JWT_SECRET: HS256 key for ``hello.token``; unset → dev mode (token = user id).
     jwt_secret: Secret | None = None
+    # METRICS_TOKEN: bearer token /metrics requires; unset → /metrics is open.
+    metrics_token: Secret | None = None
     allowed_origins: tuple[str, ...] = ()  # ALLOWED_ORIGINS: comma list; empty → any
     max_frame_bytes: int = 64 * 1024  # MAX_FRAME_BYTES: larger frames close with 1009
     max_text_chars: int = 16_000  # MAX_TEXT_CHARS: longest user turn
@@ -130,6 +132,7 @@ class Settings:
             embedder=embedder,
             gemini_embed_model=r.text("GEMINI_EMBED_MODEL", d.gemini_embed_model),
             jwt_secret=jwt_secret,
+            metrics_token=r.secret("METRICS_TOKEN"),
             allowed_origins=r.origins("ALLOWED_ORIGINS"),
             max_frame_bytes=r.number("MAX_FRAME_BYTES", d.max_frame_bytes, int, 1024),
             max_text_chars=r.number("MAX_TEXT_CHARS", d.max_text_chars, int, 1),

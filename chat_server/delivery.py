@@ -22,6 +22,7 @@ from chat_server import conversations
 from chat_server.feed import ConversationFeed, FeedState, Replies
 from chat_server.hub import Event
 from chat_server.inflight import Inflight, InflightTurn, started
+from chat_server.metrics import Metrics
 from chat_server.speech import Speech
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
@@ -43,7 +44,9 @@ class Delivery:
         replay_bytes: int,
         enqueue: Callable[[Event], None],
         close: Callable[[CloseCode, str], None],
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._inflight = inflight
         self._buffer_limit = buffer_limit
@@ -99,6 +102,8 @@ class Delivery:
             last_seq=conversation.last_seq,
         )
         joined = Joined(id=join.id, conversation=info, last_seq=info.last_seq, recovered=recovered)
+        outcome = "fresh" if join.after_seq is None else str(recovered).lower()
+        self._metrics.joins.labels(self._metrics.replica, outcome).inc()
         self._enqueue(Event.reply(joined))
         if recovered:
             self._accept_rows(conversation_id, rows)
@@ -126,6 +131,7 @@ class Delivery:
             return
         accepted = feed.accept(event)
         if accepted.repair is not None and accepted.repair not in self._repairing:
+            self._metrics.gap_repairs_c.inc()
             self._repairing.add(accepted.repair)
             self._spawn(self._repair(feed.conversation_id, accepted.repair))
         for out in accepted.events:

@@ -1,10 +1,12 @@
-"""Plain HTTP: the web chat page, liveness, readiness and the protocol spec."""
+"""Plain HTTP: the web chat page, liveness, readiness, the protocol spec, metrics."""
 
 from __future__ import annotations
 
+import hmac
 import html
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -51,3 +53,15 @@ async def ready(request: Request) -> Response:
 
 async def protocol_schema(request: Request) -> Response:
     return Response(SCHEMA_PATH.read_bytes(), media_type="application/schema+json")
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this replica; with ``METRICS_TOKEN`` set, only for a
+    ``Authorization: Bearer <token>`` that matches."""
+    runtime: Runtime = request.app.state.runtime
+    token = runtime.settings.metrics_token
+    if token is not None:
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token.value}".encode()):
+            return JSONResponse({"error": "unauthorized"}, 401)
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)

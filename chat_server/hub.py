@@ -16,6 +16,7 @@ from typing import Protocol
 import msgspec
 
 from chat_server.bus import Bus
+from chat_server.metrics import Metrics
 from protocol import encode
 from protocol.messages import (
     ConversationUpdated,
@@ -116,10 +117,12 @@ _unenvelope = msgspec.json.Decoder(Event)
 class Hub:
     bus: Bus
     node_id: str
+    metrics: Metrics | None = None
     _local: dict[uuid.UUID, set[Subscriber]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.bus.on_reconnect(self._resync_all)
+        self.metrics = self.metrics or Metrics(self.node_id)
 
     def _resync_all(self) -> None:
         for conversation_id, members in self._local.items():
@@ -152,6 +155,8 @@ class Hub:
         event = Event.of(message, exclude=exclude)
         self._deliver(message.conversation_id, event)
         event.origin = self.node_id
+        assert self.metrics is not None
+        self.metrics.bus_publishes_c.inc()
         await self.bus.publish(self.channel(message.conversation_id), _envelope.encode(event))
 
     def _from_bus(self, conversation_id: uuid.UUID, payload: bytes) -> None:
@@ -161,6 +166,8 @@ class Hub:
             log.exception("dropping undecodable bus payload on %s", conversation_id)
             return
         if event.origin != self.node_id:
+            assert self.metrics is not None
+            self.metrics.bus_deliveries_c.inc()
             self._deliver(conversation_id, event)
 
     def _deliver(self, conversation_id: uuid.UUID, event: Event) -> None:

@@ -18,6 +18,7 @@ from chat_server.config import Settings
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.llm import LLMProvider
+from chat_server.metrics import Metrics
 from chat_server.presence import PresenceStore, PresenceTracker
 from chat_server.router.embedding import Embedder
 from chat_server.storage.users import UserIds
@@ -77,6 +78,7 @@ class Runtime:
     drain: Drain
     presence: PresenceTracker
     users: UserIds
+    metrics: Metrics
 
     @classmethod
     def wire(
@@ -91,7 +93,8 @@ class Runtime:
         embedder: Embedder,
     ) -> Runtime:
         """The one way the parts are put together (the app, and tests on memory backends)."""
-        hub = Hub(bus=bus, node_id=settings.node_id)
+        metrics = Metrics(settings.node_id)
+        hub = Hub(bus=bus, node_id=settings.node_id, metrics=metrics)
         turns = Turns(
             db=db,
             hub=hub,
@@ -100,7 +103,11 @@ class Runtime:
             llm=llm,
             embedder=embedder,
             settings=settings,
+            metrics=metrics,
         )
+        drain = Drain()
+        metrics.watch("chat_bus_up", "1 while the bus (Redis) is connected", lambda: bus.healthy)
+        metrics.watch("chat_draining", "1 while this replica drains", lambda: drain.draining)
         return cls(
             settings=settings,
             db=db,
@@ -108,7 +115,8 @@ class Runtime:
             turns=turns,
             auth=Authenticator(settings.jwt_secret),
             bus=bus,
-            drain=Drain(),
+            drain=drain,
             presence=PresenceTracker(presence, hub.publish),
             users=UserIds(db, default_model=settings.gemini_model),
+            metrics=metrics,
         )

@@ -69,9 +69,12 @@ class Session:
         self.user_id: uuid.UUID | None = None
         self.subject = ""
         self._rt = runtime
+        self.metrics = runtime.metrics
         settings = runtime.settings
         outbox = Outbox(max_frames=settings.outbox_frames, max_bytes=settings.outbox_bytes)
-        self.writer = Writer(transport, outbox, on_overflow=self._overflow)
+        self.writer = Writer(
+            transport, outbox, on_overflow=self._overflow, on_sent=runtime.metrics.frame_out
+        )
         self.delivery = Delivery(
             db=runtime.db,
             inflight=runtime.turns.inflight,
@@ -80,8 +83,10 @@ class Session:
             replay_bytes=settings.outbox_bytes // 2,
             enqueue=self.writer.push,
             close=self.request_close,
+            metrics=runtime.metrics,
         )
         self.options = SessionOptions()
+        self.close_code: int | None = None  # the code this server closes with, if it does
         self._relay = Relay(self._publish_live, lambda c: c in self.delivery.feeds)
         self._voice = Voice(runtime.turns)  # barge-in and early routing
 
@@ -256,6 +261,7 @@ class Session:
             feeds.pop(conversation_id, None)
             await self._rt.hub.leave(conversation_id, self)
             raise
+        self._rt.metrics.joined.inc()
         try:
             await self._rt.presence.enter(conversation_id, self.device)
         except Exception:  # presence is best effort (Redis away); the refresh re-adds it
@@ -263,6 +269,7 @@ class Session:
 
     async def _leave(self, conversation_id: uuid.UUID) -> None:
         if self.delivery.feeds.pop(conversation_id, None) is not None:
+            self._rt.metrics.joined.dec()
             await self._rt.hub.leave(conversation_id, self)
             try:
                 await self._rt.presence.leave(conversation_id, self.device)
@@ -295,6 +302,9 @@ class Session:
         """Close after the frames already queued (``flush``) or right away."""
         if self.writer.close(code, reason, flush=flush):
             self.state = SessionState.CLOSING
+            self.close_code = code.value
+            if code is CloseCode.SLOW_CONSUMER:
+                self._rt.metrics.slow_consumers.labels(self._rt.metrics.replica).inc()
 
     @property
     def outbox(self) -> Outbox:

@@ -21,11 +21,17 @@ class Transport(Protocol):
 
 class Writer:
     def __init__(
-        self, transport: Transport, outbox: Outbox, *, on_overflow: Callable[[], None]
+        self,
+        transport: Transport,
+        outbox: Outbox,
+        *,
+        on_overflow: Callable[[], None],
+        on_sent: Callable[[str], None] = lambda kind: None,
     ) -> None:
         self.outbox = outbox
         self._transport = transport
         self._on_overflow = on_overflow
+        self._on_sent = on_sent  # each frame's type, once written (metrics)
         self._wake = asyncio.Event()
         self._close: tuple[int, str] | None = None
 
@@ -53,6 +59,7 @@ class Writer:
         while True:
             while (event := self.outbox.pop()) is not None:
                 await self._transport.send_text(event.frame)
+                self._on_sent(event.kind)
             if self._close is not None:
                 await self._transport.close(*self._close)
                 return

@@ -58,6 +58,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept()
     session = Session(runtime, _StarletteTransport(websocket))
     runtime.drain.add(session)
+    metrics = runtime.metrics
+    metrics.connections_open.inc()
     writer = asyncio.create_task(session.run_writer(), name=f"writer-{session.id}")
     try:
         await _receive_loop(websocket, session, writer, settings)
@@ -73,6 +75,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             await asyncio.wait_for(writer, timeout=5)
         writer.cancel()
         runtime.drain.remove(session)
+        metrics.connections_open.dec()
+        code = session.close_code or CloseCode.NORMAL.value
+        metrics.connections_closed.labels(metrics.replica, str(code)).inc()
 
 
 async def _receive_loop(
@@ -102,6 +107,8 @@ async def handle(session: Session, data: str | bytes) -> None:
     try:
         message = decode_client(data)
         request_id = getattr(message, "id", None)
+        kind = str(message.__struct_config__.tag)
+        session.metrics.frames_in.labels(session.metrics.replica, kind).inc()
         await session.dispatch(message)
     except ChatError as exc:
         if exc.code in CLOSES:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable
 
@@ -24,6 +25,7 @@ from chat_server.config import Settings
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.llm import LLMProvider
+from chat_server.metrics import Metrics
 from chat_server.router.embedding import Embedder
 from chat_server.turns.final import Finals
 from chat_server.turns.generation import Context, Generation
@@ -45,13 +47,21 @@ class Turns:
         llm: LLMProvider,
         embedder: Embedder,
         settings: Settings,
+        metrics: Metrics | None = None,
     ) -> None:
         self.inflight = inflight
+        self.metrics = metrics = metrics or hub.metrics or Metrics(settings.node_id)
         self.embedder = embedder
         self._running: dict[uuid.UUID, Generation] = {}
         finals = Finals(db=db, hub=hub, inflight=inflight)
         context = Context(
-            db=db, hub=hub, inflight=inflight, llm=llm, settings=settings, finals=finals
+            db=db,
+            hub=hub,
+            inflight=inflight,
+            llm=llm,
+            settings=settings,
+            finals=finals,
+            metrics=metrics,
         )
         self.intake = Intake(
             db=db, inflight=inflight, embedder=embedder, settings=settings, context=context
@@ -79,9 +89,15 @@ class Turns:
         ``acknowledge`` runs once the turn is committed and before anything about its
         reply is published, so a device always has its ``ack`` before the reply's
         ``turn_start`` (and a duplicate is acked without starting anything)."""
+        received = time.monotonic()
+        self.metrics.sends_c.inc()
         stored = await self.intake.store(request)
         acknowledge(stored.ack)
+        self.metrics.send_to_ack_c.observe(time.monotonic() - received)
+        self.metrics.acks.labels(self.metrics.replica, str(stored.ack.duplicate)).inc()
         if stored.generation is not None:
+            stored.generation.received_at = received
+            self.metrics.turns_started_c.inc()
             self._running[stored.generation.turn_id] = stored.generation
             await stored.generation.begin(stored.user_message, self._ended)
         return stored

@@ -25,6 +25,7 @@ from chat_server.config import Settings
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.llm import ChatTurn, LLMError, LLMProvider, LLMRequest
+from chat_server.metrics import Metrics
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
 from chat_server.turns.final import Finals
@@ -47,6 +48,7 @@ class Context:
     llm: LLMProvider
     settings: Settings
     finals: Finals
+    metrics: Metrics
 
 
 class GenerationState(enum.Enum):
@@ -86,6 +88,7 @@ class Generation:
         self.task: asyncio.Task[None] | None = None
         self.started = asyncio.Event()  # set once ``task`` exists
         self._started_at = time.monotonic()
+        self.received_at = self._started_at  # when its turn arrived (set by submit)
         self._first_token_at: float | None = None
 
     @property
@@ -195,6 +198,8 @@ class Generation:
             max_output_tokens=settings.max_output_tokens,
         )
         usage = Usage()
+        ctx.metrics.model_requests_c.inc()
+        requested = time.monotonic()
         stream = ctx.llm.stream(request)
         # Before the first chunk the provider may retry (a 429) and back off: that wait
         # is not a stall, and must not turn a rate limit into llm_unavailable.
@@ -215,7 +220,9 @@ class Generation:
                     usage.output_tokens = chunk.output_tokens
                 if chunk.text:
                     if self._first_token_at is None:
-                        self._first_token_at = time.monotonic()
+                        self._first_token_at = now = time.monotonic()
+                        ctx.metrics.model_ttft_c.observe(now - requested)
+                        ctx.metrics.send_to_first_delta_c.observe(now - self.received_at)
                     # Postgres refuses NUL in text; U+FFFD keeps the length, so every
                     # device and the stored reply agree on offsets.
                     piece = chunk.text.replace("\x00", "\ufffd")
@@ -326,3 +333,8 @@ class Generation:
             "error": error.code if error is not None else None,
         }
         log.info("turn", extra={"fields": fields})
+        metrics = self._ctx.metrics
+        metrics.turns_ended.labels(metrics.replica, finish.value).inc()
+        metrics.turn_duration_c.observe(time.monotonic() - started)
+        if error is not None and error.code != "internal":
+            metrics.model_errors.labels(metrics.replica, error.code).inc()

@@ -1,0 +1,100 @@
+"""Prometheus metrics of one replica, served at ``/metrics`` (prometheus-client).
+
+Every series carries a ``replica`` label and never a user or conversation id, so the
+number of series stays bounded whatever the traffic. Each replica has its own registry
+(several apps can live in one process, as in the tests). The hot paths only increment
+children resolved once here; gauges that mirror state (Redis, drain, pool) are read at
+scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+
+
+class Metrics:
+    def __init__(self, replica: str) -> None:
+        self.registry = CollectorRegistry()
+        self.replica = replica
+        r = self.registry
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, ["replica", *labels], registry=r)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, ["replica"], buckets=buckets, registry=r)
+
+        self.connections_open = self._gauge("chat_connections_open", "Open WebSockets")
+        self.connections_closed = counter(
+            "chat_connections_closed_total", "WebSockets closed, by close code", "code"
+        )
+        self.joins = counter(
+            "chat_joins_total", "Conversation joins, by resume outcome", "recovered"
+        )
+        self.joined = self._gauge("chat_conversations_joined", "Conversation joins held now")
+        self.frames_in = counter("chat_frames_in_total", "Client frames, by type", "type")
+        self.frames_out = counter("chat_frames_out_total", "Frames sent, by type", "type")
+        self.sends = counter("chat_sends_total", "User turns received (send or final input)")
+        self.acks = counter(
+            "chat_acks_total", "Turns acknowledged, by whether a duplicate", "duplicate"
+        )
+        self.turns_started = counter("chat_turns_started_total", "Replies started")
+        self.turns_ended = counter("chat_turns_ended_total", "Replies ended, by finish", "finish")
+        self.send_to_ack = histogram(
+            "chat_send_to_ack_seconds", "Turn received → ack queued", LATENCY_BUCKETS
+        )
+        self.send_to_first_delta = histogram(
+            "chat_send_to_first_delta_seconds", "Turn received → first delta out", LATENCY_BUCKETS
+        )
+        self.model_ttft = histogram(
+            "chat_model_ttft_seconds", "Model request → first token", LATENCY_BUCKETS
+        )
+        self.turn_duration = histogram(
+            "chat_turn_duration_seconds", "Reply start → end", DURATION_BUCKETS
+        )
+        self.model_requests = counter("chat_model_requests_total", "Model streams opened")
+        self.model_errors = counter("chat_model_errors_total", "Model failures, by code", "code")
+        self.bus_publishes = counter("chat_bus_publishes_total", "Events published to the bus")
+        self.bus_deliveries = counter(
+            "chat_bus_deliveries_total", "Events received from other replicas"
+        )
+        self.gap_repairs = counter("chat_gap_repairs_total", "Reply gaps repaired for a device")
+        self.slow_consumers = counter(
+            "chat_slow_consumer_closes_total", "Devices closed for not reading fast enough"
+        )
+        self.limits_hit = counter("chat_limits_hit_total", "Requests over a limit", "limit")
+        # children resolved once: the hot paths only increment
+        self.sends_c = self.sends.labels(replica)
+        self.turns_started_c = self.turns_started.labels(replica)
+        self.model_requests_c = self.model_requests.labels(replica)
+        self.bus_publishes_c = self.bus_publishes.labels(replica)
+        self.bus_deliveries_c = self.bus_deliveries.labels(replica)
+        self.gap_repairs_c = self.gap_repairs.labels(replica)
+        self.send_to_ack_c = self.send_to_ack.labels(replica)
+        self.send_to_first_delta_c = self.send_to_first_delta.labels(replica)
+        self.model_ttft_c = self.model_ttft.labels(replica)
+        self.turn_duration_c = self.turn_duration.labels(replica)
+        self._frames_out: dict[str, Counter] = {}
+
+    def _gauge(self, name: str, doc: str) -> Gauge:
+        gauge = Gauge(name, doc, ["replica"], registry=self.registry)
+        child: Gauge = gauge.labels(self.replica)
+        return child
+
+    def watch(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """A gauge read at scrape time (Redis up, draining, pool in use)."""
+        self._gauge(name, doc).set_function(read)
+
+    def frame_out(self, kind: str) -> None:
+        child = self._frames_out.get(kind)
+        if child is None:
+            child = self._frames_out[kind] = self.frames_out.labels(self.replica, kind)
+        child.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
