@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -326,6 +327,9 @@ class ChatClient:
             self._set_status("closed")
             return
         self._set_status("reconnecting")
+        asked = re.search(r"retry_after_ms=(\d+)", reason)  # e.g. 4004 (flooding)
+        if asked:
+            self._retry_after_s = max(self._retry_after_s, int(asked.group(1)) / 1000)
         self._url_index += 1
         base, ceiling = self._backoff
         delay = max(self._retry_after_s, random.uniform(0, min(ceiling, base * 2**self._attempt)))

@@ -27,6 +27,7 @@ from chat_server.bus.memory import MemoryBus
 from chat_server.config import Settings
 from chat_server.inflight import Inflight
 from chat_server.inflight.memory import MemoryInflight
+from chat_server.limits import Limiter, MemoryLimiter
 from chat_server.llm.gemini import GeminiEmbedder, GeminiProvider
 from chat_server.llm.simulator import LoopbackSimulator, SimConfig
 from chat_server.presence import PRESENCE_REFRESH_S, PresenceStore
@@ -66,12 +67,15 @@ async def ping_redis(url: str, timeout_s: float) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _backends(settings: Settings) -> AsyncIterator[tuple[Bus, Inflight, PresenceStore]]:
+async def _backends(
+    settings: Settings,
+) -> AsyncIterator[tuple[Bus, Inflight, PresenceStore, Limiter]]:
     if settings.redis_url is None:
-        yield MemoryBus(), MemoryInflight(), MemoryPresence()
+        yield MemoryBus(), MemoryInflight(), MemoryPresence(), MemoryLimiter()
         return
     from chat_server.bus.redis import RedisBus
     from chat_server.inflight.redis import RedisInflight
+    from chat_server.limits.redis import RedisLimiter
     from chat_server.presence.redis import RedisPresence
 
     client = _redis_client(settings.redis_url.value)
@@ -80,6 +84,7 @@ async def _backends(settings: Settings) -> AsyncIterator[tuple[Bus, Inflight, Pr
             RedisBus(client),
             RedisInflight(client, lease_ms=settings.lease_ms),
             RedisPresence(client),
+            RedisLimiter(client),
         )
     finally:
         await client.aclose()
@@ -129,7 +134,8 @@ def create_app(settings: Settings) -> Starlette:
         async with contextlib.AsyncExitStack() as stack:
             if simulator is not None:
                 stack.push_async_callback(asyncio.to_thread, simulator.stop)
-            bus, inflight, presence = await stack.enter_async_context(_backends(settings))
+            backends = await stack.enter_async_context(_backends(settings))
+            bus, inflight, presence, limiter = backends
             await bus.start()
             llm = GeminiProvider(
                 api_key=api_key, base_url=base_url, attempts=settings.gemini_attempts
@@ -151,6 +157,7 @@ def create_app(settings: Settings) -> Starlette:
                 presence=presence,
                 llm=llm,
                 embedder=embedder,
+                limiter=limiter,
             )
             turns = runtime.turns
             runtime.metrics.watch(

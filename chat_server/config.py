@@ -87,6 +87,10 @@ class Settings:
     max_frame_bytes: int = 64 * 1024  # MAX_FRAME_BYTES: larger frames close with 1009
     max_text_chars: int = 16_000  # MAX_TEXT_CHARS: longest user turn
     outbox_frames: int = 1024  # OUTBOX_FRAMES: queued frames before closing as slow (4000)
+    # Limits (shared by replicas through Redis when REDIS_URL is set):
+    turns_per_minute: int = 30  # TURNS_PER_MINUTE: a user's turns (send, final input)
+    frames_per_second: int = 50  # FRAMES_PER_SECOND: one connection's frames (burst 2x)
+    handshakes_per_ip_per_s: int = 200  # HANDSHAKES_PER_IP_PER_S: new WebSockets (burst 10x)
     outbox_bytes: int = 4 * 1024 * 1024  # OUTBOX_BYTES: ... or queued bytes
     heartbeat_ms: int = 25_000  # HEARTBEAT_MS: client pings this often; 2x silence → 4001
     hello_timeout_s: float = 10.0  # HELLO_TIMEOUT_S: time for the first frame (4002)
@@ -137,6 +141,11 @@ class Settings:
             max_frame_bytes=r.number("MAX_FRAME_BYTES", d.max_frame_bytes, int, 1024),
             max_text_chars=r.number("MAX_TEXT_CHARS", d.max_text_chars, int, 1),
             outbox_frames=r.number("OUTBOX_FRAMES", d.outbox_frames, int, 1),
+            turns_per_minute=r.number("TURNS_PER_MINUTE", d.turns_per_minute, int, 1),
+            frames_per_second=r.number("FRAMES_PER_SECOND", d.frames_per_second, int, 1),
+            handshakes_per_ip_per_s=r.number(
+                "HANDSHAKES_PER_IP_PER_S", d.handshakes_per_ip_per_s, int, 1
+            ),
             outbox_bytes=r.number("OUTBOX_BYTES", d.outbox_bytes, int, 64 * 1024),
             heartbeat_ms=r.number("HEARTBEAT_MS", d.heartbeat_ms, int, 100),
             hello_timeout_s=r.number("HELLO_TIMEOUT_S", d.hello_timeout_s, float, 0.1),

@@ -147,9 +147,12 @@ def _endpoint(handlers: dict[str, Endpoint]) -> Callable[[Request], Awaitable[Re
         except ApiError as exc:
             return respond(exc.body, exc.status)
         except ChatError as exc:  # the domain's errors, mapped once (chat_server.errors)
-            return respond(
+            response = respond(
                 ErrorOut(error=exc.code.value, message=exc.message), HTTP_STATUS[exc.code]
             )
+            if exc.retry_after_ms:
+                response.headers["Retry-After"] = str(max(1, -(-exc.retry_after_ms // 1000)))
+            return response
 
     return serve
 

@@ -17,6 +17,7 @@ from chat_server.bus import Bus
 from chat_server.config import Settings
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
+from chat_server.limits import Limiter
 from chat_server.llm import LLMProvider
 from chat_server.metrics import Metrics
 from chat_server.presence import PresenceStore, PresenceTracker
@@ -79,6 +80,7 @@ class Runtime:
     presence: PresenceTracker
     users: UserIds
     metrics: Metrics
+    limiter: Limiter
 
     @classmethod
     def wire(
@@ -91,6 +93,7 @@ class Runtime:
         presence: PresenceStore,
         llm: LLMProvider,
         embedder: Embedder,
+        limiter: Limiter | None = None,
     ) -> Runtime:
         """The one way the parts are put together (the app, and tests on memory backends)."""
         metrics = Metrics(settings.node_id)
@@ -104,6 +107,7 @@ class Runtime:
             embedder=embedder,
             settings=settings,
             metrics=metrics,
+            limiter=limiter,
         )
         drain = Drain()
         metrics.watch("chat_bus_up", "1 while the bus (Redis) is connected", lambda: bus.healthy)
@@ -119,4 +123,5 @@ class Runtime:
             presence=PresenceTracker(presence, hub.publish),
             users=UserIds(db, default_model=settings.gemini_model),
             metrics=metrics,
+            limiter=turns.limiter,
         )

@@ -50,6 +50,20 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         # Closing before accept() answers the upgrade with HTTP 403.
         await websocket.close(CloseCode.POLICY_VIOLATION)
         return
+    ip = websocket.client.host if websocket.client else "unknown"
+    per_s = settings.handshakes_per_ip_per_s
+    wait_ms = await runtime.limiter.take(f"handshakes:{ip}", per_s, per_s * 10)
+    if wait_ms:
+        runtime.metrics.limits_hit.labels(runtime.metrics.replica, "handshakes").inc()
+        retry = str(max(1, -(-wait_ms // 1000)))
+        await websocket.send_denial_response(
+            JSONResponse(
+                {"error": "rate_limited", "retry_after_ms": wait_ms},
+                status_code=429,
+                headers={"Retry-After": retry},
+            )
+        )
+        return
     if runtime.drain.draining:
         await websocket.send_denial_response(
             JSONResponse({"error": "draining; connect to another replica"}, status_code=503)
@@ -104,6 +118,8 @@ async def _receive_loop(
 async def handle(session: Session, data: str | bytes) -> None:
     """One client frame: decoded, dispatched, and its error (if any) answered."""
     request_id: str | None = None
+    if not await _within_frame_rate(session):
+        return
     try:
         message = decode_client(data)
         request_id = getattr(message, "id", None)
@@ -122,6 +138,26 @@ async def handle(session: Session, data: str | bytes) -> None:
     except Exception:
         log.exception("session %s: frame failed", session.id)
         session.reply(error_frame(ErrorCode.INTERNAL, "internal error", request_id))
+
+
+async def _within_frame_rate(session: Session) -> bool:
+    """``FRAMES_PER_SECOND`` per connection (burst twice that). A frame over it is
+    answered ``rate_limited`` and not handled; a client that keeps going for another
+    burst's worth is closed with 4004 and told when to come back."""
+    per_s = session.settings.frames_per_second
+    wait_ms = await session.frame_bucket.take("frames", per_s, 2 * per_s)
+    if not wait_ms:
+        session.flooded = 0
+        return True
+    session.flooded += 1
+    metrics = session.metrics
+    metrics.limits_hit.labels(metrics.replica, "frames").inc()
+    if session.flooded > 2 * per_s:
+        retry_ms = max(wait_ms, 1000)
+        raise Disconnect(CloseCode.FLOODING, f"too many frames; retry_after_ms={retry_ms}")
+    message = f"more than {per_s} frames a second; slow down"
+    session.reply(error_frame(ErrorCode.RATE_LIMITED, message, None, wait_ms))
+    return False
 
 
 __all__ = ["Drain", "websocket_endpoint"]

@@ -34,6 +34,9 @@ class ErrorCode(enum.StrEnum):
     NOT_JOINED = "not_joined"  # the conversation must be joined first
     TEXT_TOO_LONG = "text_too_long"
     NO_ACTIVE_TURN = "no_active_turn"  # ``cancel`` with nothing running
+    RATE_LIMITED = (
+        "rate_limited"  # over a limit (turns per minute, frames per second): see retry_after_ms
+    )
     LLM_RATE_LIMITED = "llm_rate_limited"  # the model provider said 429
     LLM_UNAVAILABLE = "llm_unavailable"  # the model provider failed, stalled or cut the stream
     LLM_REJECTED = "llm_rejected"  # the model provider refused the request (4xx)
@@ -52,6 +55,7 @@ RETRYABLE: dict[ErrorCode, bool] = {
     ErrorCode.NOT_JOINED: False,
     ErrorCode.TEXT_TOO_LONG: False,
     ErrorCode.NO_ACTIVE_TURN: False,
+    ErrorCode.RATE_LIMITED: True,
     ErrorCode.LLM_RATE_LIMITED: True,
     ErrorCode.LLM_UNAVAILABLE: True,
     ErrorCode.LLM_REJECTED: False,
@@ -72,6 +76,9 @@ class CloseCode(enum.IntEnum):
     IDLE_TIMEOUT = 4001  # nothing received for two heartbeat intervals
     HELLO_TIMEOUT = 4002  # no ``hello`` within the handshake window
     RESUME_REQUIRED = 4003  # events were lost (replica lost its bus); rejoin with after_seq
+    FLOODING = (
+        4004  # kept sending over the frame rate limit; reconnect after the delay in the reason
+    )
     UNAUTHORIZED = 4401  # bad token in ``hello``
     PROTOCOL_VIOLATION = 4400  # first frame was not ``hello``, or an unsupported version
 
@@ -95,6 +102,9 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     CloseCode.IDLE_TIMEOUT: CloseInfo("no frame for two heartbeats", reconnect=True),
     CloseCode.HELLO_TIMEOUT: CloseInfo("no hello in time", reconnect=True),
     CloseCode.RESUME_REQUIRED: CloseInfo("events lost; rejoin with after_seq", reconnect=True),
+    CloseCode.FLOODING: CloseInfo(
+        "too many frames; reconnect after retry_after_ms (in the reason)", reconnect=True
+    ),
     CloseCode.UNAUTHORIZED: CloseInfo("unauthorized; get a new token first", reconnect=False),
     CloseCode.PROTOCOL_VIOLATION: CloseInfo("protocol violation", reconnect=False),
 }

@@ -22,8 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server.bus import Bus
 from chat_server.config import Settings
+from chat_server.errors import ChatError
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
+from chat_server.limits import Limiter, MemoryLimiter
 from chat_server.llm import LLMProvider
 from chat_server.metrics import Metrics
 from chat_server.router.embedding import Embedder
@@ -31,6 +33,7 @@ from chat_server.turns.final import Finals
 from chat_server.turns.generation import Context, Generation
 from chat_server.turns.intake import Intake, Prepared, Stored, TurnRequest
 from chat_server.turns.liveness import Liveness
+from protocol.errors import ErrorCode
 from protocol.messages import Ack
 
 __all__ = ["Generation", "Prepared", "Stored", "TurnRequest", "Turns"]
@@ -48,7 +51,10 @@ class Turns:
         embedder: Embedder,
         settings: Settings,
         metrics: Metrics | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
+        self.limiter = limiter or MemoryLimiter()
+        self._turns_per_minute = settings.turns_per_minute
         self.inflight = inflight
         self.metrics = metrics = metrics or hub.metrics or Metrics(settings.node_id)
         self.embedder = embedder
@@ -91,6 +97,15 @@ class Turns:
         ``turn_start`` (and a duplicate is acked without starting anything)."""
         received = time.monotonic()
         self.metrics.sends_c.inc()
+        per_minute = self._turns_per_minute
+        wait_ms = await self.limiter.take(f"turns:{request.owner_id}", per_minute / 60, per_minute)
+        if wait_ms:
+            self.metrics.limits_hit.labels(self.metrics.replica, "turns").inc()
+            raise ChatError(
+                ErrorCode.RATE_LIMITED,
+                f"more than {per_minute} turns a minute; try again in {wait_ms} ms",
+                retry_after_ms=wait_ms,
+            )
         stored = await self.intake.store(request)
         acknowledge(stored.ack)
         self.metrics.send_to_ack_c.observe(time.monotonic() - received)

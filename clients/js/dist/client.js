@@ -208,6 +208,9 @@ export class ChatClient {
             return;
         }
         this.setStatus("reconnecting");
+        const asked = /retry_after_ms=(\d+)/.exec(reason); // e.g. 4004 (flooding)
+        if (asked)
+            this.retryAfterMs = Math.max(this.retryAfterMs, Number(asked[1]));
         this.urlIndex += 1; // with several replicas, try the next one
         const base = this.opts.backoffBaseMs ?? 250;
         const max = this.opts.backoffMaxMs ?? 10_000;

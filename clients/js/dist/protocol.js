@@ -61,6 +61,11 @@ export const CLOSE_CODES = {
         "name": "resume_required",
         "reconnect": true
     },
+    "4004": {
+        "meaning": "too many frames; reconnect after retry_after_ms (in the reason)",
+        "name": "flooding",
+        "reconnect": true
+    },
     "4400": {
         "meaning": "protocol violation",
         "name": "protocol_violation",
