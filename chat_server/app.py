@@ -161,8 +161,7 @@ def create_app(settings: Settings) -> Starlette:
             )
             turns = runtime.turns
             runtime.metrics.watch(
-                "chat_db_connections_in_use",
-                "Postgres connections checked out of the pool",
+                runtime.metrics.db_in_use,
                 lambda: engine.pool.checkedout(),  # type: ignore[attr-defined]
             )
             app.state.runtime = runtime

@@ -68,6 +68,12 @@ class Metrics:
             "chat_slow_consumer_closes_total", "Devices closed for not reading fast enough"
         )
         self.limits_hit = counter("chat_limits_hit_total", "Requests over a limit", "limit")
+        # read at scrape time (see ``watch``)
+        self.bus_up = self._gauge("chat_bus_up", "1 while the bus (Redis) is connected")
+        self.draining = self._gauge("chat_draining", "1 while this replica drains")
+        self.db_in_use = self._gauge(
+            "chat_db_connections_in_use", "Postgres connections checked out of the pool"
+        )
         # children resolved once: the hot paths only increment
         self.sends_c = self.sends.labels(replica)
         self.turns_started_c = self.turns_started.labels(replica)
@@ -86,9 +92,10 @@ class Metrics:
         child: Gauge = gauge.labels(self.replica)
         return child
 
-    def watch(self, name: str, doc: str, read: Callable[[], float]) -> None:
-        """A gauge read at scrape time (Redis up, draining, pool in use)."""
-        self._gauge(name, doc).set_function(read)
+    @staticmethod
+    def watch(gauge: Gauge, read: Callable[[], float]) -> None:
+        """Make ``gauge`` read ``read()`` at scrape time (Redis up, draining, pool)."""
+        gauge.set_function(read)
 
     def frame_out(self, kind: str) -> None:
         child = self._frames_out.get(kind)

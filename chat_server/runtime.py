@@ -110,8 +110,8 @@ class Runtime:
             limiter=limiter,
         )
         drain = Drain()
-        metrics.watch("chat_bus_up", "1 while the bus (Redis) is connected", lambda: bus.healthy)
-        metrics.watch("chat_draining", "1 while this replica drains", lambda: drain.draining)
+        metrics.watch(metrics.bus_up, lambda: bus.healthy)
+        metrics.watch(metrics.draining, lambda: drain.draining)
         return cls(
             settings=settings,
             db=db,

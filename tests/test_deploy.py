@@ -3,6 +3,7 @@ server reads; the README's configuration table lists exactly what the server rea
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from chat_server.config import Settings
+from chat_server.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +121,25 @@ def test_compose_builds_the_image_once() -> None:
     for name in (n for n in services if n.startswith("server-")):
         assert services[name]["image"] == image
         assert services[name]["pull_policy"] == "never"
+
+
+def test_the_dashboard_and_prometheus_scrape_what_the_server_exports() -> None:
+    """Every metric the Grafana dashboard queries is one the server defines, and
+    Prometheus in compose.yaml scrapes both replicas."""
+
+    exported = {m.name for m in Metrics("x").registry.collect()}
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    queried = {
+        name.removesuffix("_bucket")
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(chat_[a-z_]+)", target["expr"])
+    }
+    # prometheus-client reports counters without their _total suffix
+    assert {n.removesuffix("_total") for n in queried} <= exported, queried
+    assert len(queried) >= 15
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    assert {t.split(":")[0] for t in targets} == {n for n in services if n.startswith("server-")}
+    assert "prometheus" in services
