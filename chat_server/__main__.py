@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "check-config", help="check every setting and reach Postgres and Redis; exit 2 if not"
     )
+    quota = commands.add_parser(
+        "quota", help="set a user's daily token quota (overrides DAILY_TOKEN_QUOTA)"
+    )
+    quota.add_argument("subject", metavar="SUBJECT", help="the user id (the token's sub)")
+    quota.add_argument(
+        "tokens", metavar="TOKENS", help="tokens a day; 0: no quota; 'default': the setting"
+    )
     return parser
 
 
@@ -77,6 +84,34 @@ def _ttl_seconds(value: str) -> int:
     if found is None or int(found.group(1)) == 0:
         raise StartupError(f"--ttl={value!r}: must be a positive number of s, m, h or d")
     return int(found.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+
+
+def _quota(settings: Settings, subject: str, tokens: str) -> str:
+    """Set (or clear) a user's daily token quota; the line to print."""
+    if tokens == "default":
+        value = None
+    elif tokens.isdigit():
+        value = int(tokens)
+    else:
+        raise StartupError(f"TOKENS={tokens!r}: must be a number of tokens, 0, or 'default'")
+    from chat_server.storage import queries
+    from chat_server.storage.db import make_engine, make_sessionmaker
+
+    assert settings.database_url is not None
+    url = settings.database_url.value
+
+    async def update() -> bool:
+        engine = make_engine(url)
+        try:
+            async with make_sessionmaker(engine).begin() as s:
+                return await queries.set_quota(s, subject, value)
+        finally:
+            await engine.dispose()
+
+    if not asyncio.run(update()):
+        raise StartupError(f"no user {subject!r} (a user exists after their first hello)")
+    shown = "the DAILY_TOKEN_QUOTA setting" if value is None else value or "no quota"
+    return f"daily token quota of {subject}: {shown}"
 
 
 def _token(settings: Settings, subject: str, ttl: str) -> str:
@@ -334,6 +369,8 @@ def main(argv: list[str]) -> int:
             if problems:
                 return USAGE_EXIT
             print("configuration OK")
+        elif command == "quota":
+            print(_quota(_database(settings, start_embedded=True), args.subject, args.tokens))
         elif command == "migrate":
             settings = _database(settings, start_embedded=True)
             _migrate(settings)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -42,6 +42,7 @@ from chat_server.api_schema import (
     SkillIn,
     SkillOut,
     SkillPatch,
+    UsageOut,
 )
 from chat_server.rest import (
     ApiError,
@@ -56,6 +57,7 @@ from chat_server.router.embedding import phrases
 from chat_server.router.learning import learn_misroute
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
+from chat_server.turns.generation import quota_reset_ms
 from chat_server.wire import message_info
 from protocol.messages import MAX_SEQ, ConversationInfo, ConversationUpdated
 
@@ -437,6 +439,29 @@ async def feedback(c: Caller) -> Response:
     )
 
 
+# ---------------------------------------------------------------- usage
+
+
+async def usage(c: Caller) -> Response:
+    """The caller's model tokens of today (UTC) and their daily quota."""
+    async with c.db() as s:
+        today, override = await queries.usage_today(s, c.user_id)
+    setting = c.runtime.settings.daily_token_quota
+    quota = setting if override is None else override
+    spent_in = today.input_tokens if today is not None else 0
+    spent_out = today.output_tokens if today is not None else 0
+    return respond(
+        UsageOut(
+            day=datetime.now(UTC).date().isoformat(),
+            input_tokens=spent_in,
+            output_tokens=spent_out,
+            used=spent_in + spent_out,
+            quota=quota or None,
+            resets_in_ms=quota_reset_ms(),
+        )
+    )
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -592,6 +617,7 @@ ENDPOINTS = [
         MessagePage,
         query=(BEFORE_SEQ, MESSAGES_LIMIT),
     ),
+    Endpoint("GET", "/usage", usage, "My model tokens today and my daily quota", None, UsageOut),
     Endpoint(
         "POST",
         "/route",

@@ -167,3 +167,12 @@ class FeedbackOut(msgspec.Struct, kw_only=True):
     skill_id: uuid.UUID
     example_id: uuid.UUID
     created_skill: bool  # the assistant had no skill: one was made from the turn
+
+
+class UsageOut(msgspec.Struct, kw_only=True):
+    day: str  # the UTC day counted (YYYY-MM-DD)
+    input_tokens: int
+    output_tokens: int
+    used: int  # input + output
+    quota: int | None  # tokens a day (None: no quota)
+    resets_in_ms: int  # until the next 00:00 UTC

@@ -40,6 +40,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TEXT_TOO_LONG: 422,
     ErrorCode.NO_ACTIVE_TURN: 409,
     ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.QUOTA_EXCEEDED: 429,
     ErrorCode.LLM_RATE_LIMITED: 429,
     ErrorCode.LLM_UNAVAILABLE: 503,
     ErrorCode.LLM_REJECTED: 502,

@@ -34,6 +34,7 @@ class ErrorCode(enum.StrEnum):
     NOT_JOINED = "not_joined"  # the conversation must be joined first
     TEXT_TOO_LONG = "text_too_long"
     NO_ACTIVE_TURN = "no_active_turn"  # ``cancel`` with nothing running
+    QUOTA_EXCEEDED = "quota_exceeded"  # the daily token quota is spent (retry_after_ms: reset)
     RATE_LIMITED = (
         "rate_limited"  # over a limit (turns per minute, frames per second): see retry_after_ms
     )
@@ -56,6 +57,7 @@ RETRYABLE: dict[ErrorCode, bool] = {
     ErrorCode.TEXT_TOO_LONG: False,
     ErrorCode.NO_ACTIVE_TURN: False,
     ErrorCode.RATE_LIMITED: True,
+    ErrorCode.QUOTA_EXCEEDED: False,
     ErrorCode.LLM_RATE_LIMITED: True,
     ErrorCode.LLM_UNAVAILABLE: True,
     ErrorCode.LLM_REJECTED: False,

@@ -52,6 +52,7 @@ class FinishReason(enum.StrEnum):
     SAFETY = "safety"
     CANCELLED = "cancelled"  # ``cancel`` without ``heard_chars``: kept everything generated
     INTERRUPTED = "interrupted"  # ``cancel`` with ``heard_chars``: kept what was heard
+    QUOTA = "quota"  # the user's daily token quota ran out mid-reply: kept what was generated
     ERROR = "error"
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -46,6 +47,21 @@ class User(Base):
     id: Mapped[uuid.UUID] = _uuid_pk()
     external_id: Mapped[str] = mapped_column(String(200), unique=True)  # JWT ``sub``
     created_at: Mapped[datetime] = _created()
+    # Tokens a day; None: the DAILY_TOKEN_QUOTA setting, 0: unlimited (``quota`` command).
+    daily_token_quota: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class UsageDaily(Base):
+    """A user's model tokens of one (UTC) day, added with each reply's final write."""
+
+    __tablename__ = "usage_daily"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Assistant(Base):

@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, literal, or_, select, tuple_, union_all, update
+from sqlalchemy import (
+    Date,
+    and_,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,6 +33,7 @@ from chat_server.storage.models import (
     Message,
     Skill,
     SkillExample,
+    UsageDaily,
     User,
 )
 
@@ -216,6 +228,51 @@ async def finish_reply(
         .values(text=text, status=status, meta=Message.meta.op("||")(meta), updated_at=func.now())
         .returning(Message)
     )
+
+
+async def add_usage(
+    s: AsyncSession, message_id: uuid.UUID, input_tokens: int, output_tokens: int
+) -> None:
+    """Add a reply's tokens to its conversation owner's usage of today (UTC), in the
+    caller's transaction: the one that writes the reply's final text."""
+    owner = (
+        select(Conversation.owner_id)
+        .join(Message, Message.conversation_id == Conversation.id)
+        .where(Message.id == message_id)
+        .scalar_subquery()
+    )
+    today = func.timezone("UTC", func.now()).cast(Date)
+    upsert = insert(UsageDaily).values(
+        user_id=owner, day=today, input_tokens=input_tokens, output_tokens=output_tokens
+    )
+    await s.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[UsageDaily.user_id, UsageDaily.day],
+            set_={
+                "input_tokens": UsageDaily.input_tokens + upsert.excluded.input_tokens,
+                "output_tokens": UsageDaily.output_tokens + upsert.excluded.output_tokens,
+            },
+        )
+    )
+
+
+async def usage_today(s: AsyncSession, user_id: uuid.UUID) -> tuple[UsageDaily | None, int | None]:
+    """The user's usage of today (UTC), if any, and their quota override."""
+    today = func.timezone("UTC", func.now()).cast(Date)
+    usage = await s.scalar(
+        select(UsageDaily).where(UsageDaily.user_id == user_id, UsageDaily.day == today)
+    )
+    override = await s.scalar(select(User.daily_token_quota).where(User.id == user_id))
+    return usage, override
+
+
+async def set_quota(s: AsyncSession, external_id: str, tokens: int | None) -> bool:
+    """Set a user's daily token quota override (None: back to the setting); False if no
+    such user."""
+    updated = await s.execute(
+        update(User).where(User.external_id == external_id).values(daily_token_quota=tokens)
+    )
+    return bool(updated.rowcount)  # type: ignore[attr-defined]
 
 
 async def messages_after(

@@ -27,6 +27,7 @@ STATUS = {
     FinishReason.SAFETY: MessageStatus.COMPLETE,
     FinishReason.CANCELLED: MessageStatus.INTERRUPTED,
     FinishReason.INTERRUPTED: MessageStatus.INTERRUPTED,
+    FinishReason.QUOTA: MessageStatus.INTERRUPTED,
 }  # any other finish (an error) stores the reply as ``error``
 
 
@@ -60,7 +61,7 @@ class Finals:
         if error is not None:
             meta["error"] = to_builtins(error)
         status = STATUS.get(finish, MessageStatus.ERROR)
-        row = await self._write(turn_id, text, status, meta, swept=swept)
+        row = await self._write(turn_id, text, status, meta, usage, swept=swept)
         if row is not None:  # else already finished elsewhere; its turn_end went out then
             await self._hub.publish(
                 TurnEnd(
@@ -83,16 +84,23 @@ class Finals:
         text: str,
         status: MessageStatus,
         meta: dict[str, Any],
+        usage: Usage,
         *,
         swept: bool,
     ) -> MessageRow | None:
+        """The final write, and the reply's tokens added to its owner's usage of the day
+        in the same transaction (only by the write that wins: counted once)."""
         delay, warned_at = 0.1, 0.0
+        spent = (usage.input_tokens, usage.output_tokens)
         while True:
             try:
                 async with self._db.begin() as s:
-                    return await queries.finish_reply(
+                    row = await queries.finish_reply(
                         s, turn_id, text=text, status=status, meta=meta, swept=swept
                     )
+                    if row is not None and any(spent):
+                        await queries.add_usage(s, turn_id, *spent)
+                    return row
             except Exception as exc:  # Postgres away or restarting: keep trying
                 if time.monotonic() - warned_at > 30:
                     warned_at = time.monotonic()

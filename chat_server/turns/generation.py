@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,9 +52,25 @@ class Context:
     metrics: Metrics
 
 
+class QuotaReached(Exception):
+    """The owner's daily token quota ran out mid-reply."""
+
+    def __init__(self, usage: Usage, reset_ms: int) -> None:
+        super().__init__("daily token quota reached")
+        self.usage = usage
+        self.reset_ms = reset_ms
+
+
 class GenerationState(enum.Enum):
     STREAMING = "streaming"
     FINISHING = "finishing"  # writing the final text; cancel no longer applies
+
+
+def quota_reset_ms(now: datetime | None = None) -> int:
+    """Milliseconds until the next midnight UTC, when daily quotas start again."""
+    now = now or datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((midnight - now).total_seconds() * 1000))
 
 
 def chat_turns(rows: list[MessageRow]) -> list[ChatTurn]:
@@ -69,7 +86,9 @@ class Generation:
         system_prompt: str,
         user_seq: int,
         history: list[ChatTurn] | None,
+        token_budget: int | None = None,
     ) -> None:
+        self._token_budget = token_budget  # tokens the owner may still spend today
         self._ctx = ctx
         self.start = start
         self._system_prompt = system_prompt
@@ -150,6 +169,14 @@ class Generation:
                 retryable=exc.code != ErrorCode.LLM_REJECTED,
                 retry_after_ms=exc.retry_after_ms,
             )
+        except QuotaReached as exc:
+            finish, usage = FinishReason.QUOTA, exc.usage
+            error = ErrorInfo(
+                code=ErrorCode.QUOTA_EXCEEDED,
+                message="the daily token quota ran out during this reply",
+                retryable=False,
+                retry_after_ms=exc.reset_ms,
+            )
         except TimeoutError:
             error = ErrorInfo(
                 code=ErrorCode.LLM_UNAVAILABLE,
@@ -218,6 +245,7 @@ class Generation:
                     usage.input_tokens = chunk.input_tokens
                 if chunk.output_tokens is not None:
                     usage.output_tokens = chunk.output_tokens
+                self._check_budget(usage)
                 if chunk.text:
                     if self._first_token_at is None:
                         self._first_token_at = now = time.monotonic()
@@ -240,6 +268,16 @@ class Generation:
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
+
+    def _check_budget(self, usage: Usage) -> None:
+        """Stop when the owner's tokens of the day would run out: the reported usage, or
+        while streaming an estimate from the text (about 4 characters a token)."""
+        if self._token_budget is None:
+            return
+        output = max(usage.output_tokens, len(self.text) // 4)
+        if usage.input_tokens + output >= self._token_budget:
+            spent = Usage(input_tokens=usage.input_tokens, output_tokens=output)
+            raise QuotaReached(spent, quota_reset_ms())
 
     # ------------------------------------------------------------------ sharing the text
 

@@ -56,7 +56,7 @@ export interface ErrorInfo {
     retry_after_ms?: number | null;
     retryable?: boolean;
 }
-export type FinishReason = "cancelled" | "error" | "interrupted" | "length" | "safety" | "stop";
+export type FinishReason = "cancelled" | "error" | "interrupted" | "length" | "quota" | "safety" | "stop";
 export interface GoAway {
     reconnect_after_ms: number;
     type: "go_away";

@@ -67,7 +67,7 @@ export interface ErrorInfo {
   retryable?: boolean;
 }
 
-export type FinishReason = "cancelled" | "error" | "interrupted" | "length" | "safety" | "stop";
+export type FinishReason = "cancelled" | "error" | "interrupted" | "length" | "quota" | "safety" | "stop";
 
 export interface GoAway {
   reconnect_after_ms: number;
