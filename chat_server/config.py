@@ -89,6 +89,7 @@ class Settings:
     outbox_frames: int = 1024  # OUTBOX_FRAMES: queued frames before closing as slow (4000)
     # Limits (shared by replicas through Redis when REDIS_URL is set):
     turns_per_minute: int = 30  # TURNS_PER_MINUTE: a user's turns (send, final input)
+    concurrent_replies: int = 4  # CONCURRENT_REPLIES: a user's replies streaming at once
     daily_token_quota: int = 2_000_000  # DAILY_TOKEN_QUOTA: model tokens a user a day; 0: none
     frames_per_second: int = 50  # FRAMES_PER_SECOND: one connection's frames (burst 2x)
     handshakes_per_ip_per_s: int = 200  # HANDSHAKES_PER_IP_PER_S: new WebSockets (burst 10x)
@@ -144,6 +145,7 @@ class Settings:
             outbox_frames=r.number("OUTBOX_FRAMES", d.outbox_frames, int, 1),
             turns_per_minute=r.number("TURNS_PER_MINUTE", d.turns_per_minute, int, 1),
             daily_token_quota=r.number("DAILY_TOKEN_QUOTA", d.daily_token_quota, int, 0),
+            concurrent_replies=r.number("CONCURRENT_REPLIES", d.concurrent_replies, int, 1),
             frames_per_second=r.number("FRAMES_PER_SECOND", d.frames_per_second, int, 1),
             handshakes_per_ip_per_s=r.number(
                 "HANDSHAKES_PER_IP_PER_S", d.handshakes_per_ip_per_s, int, 1

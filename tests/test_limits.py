@@ -17,7 +17,7 @@ from load.spawn import EmbeddedRedis
 from protocol.errors import CloseCode
 from protocol.messages import Ack, Error, Ping, Pong, Send, TurnEnd
 from tests.servers import RunningServer
-from tests.wsclient import Client, new_user
+from tests.wsclient import Client, directive, new_user
 
 pytestmark = pytest.mark.asyncio
 
@@ -100,3 +100,22 @@ async def test_handshakes_over_the_per_ip_rate_get_429(
     assert refused.value.response.status_code == 429
     assert int(refused.value.response.headers["Retry-After"]) >= 1
     await asyncio.gather(*(ws.close() for ws in opened))
+
+
+async def test_a_user_with_too_many_replies_streaming_is_rate_limited(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    running = start_server(concurrent_replies=1)
+    client = await Client.connect(running.ws)
+    await client.hello(new_user())
+    first, second = await client.create(), await client.create()
+    slow = "long " + directive(tps=20, tokens=40)
+    await client.send(Send(id="a", conversation_id=first, text=slow))
+    await client.expect(Ack)
+    await client.send(Send(id="b", conversation_id=second, text="meanwhile"))
+    refused, _ = await client.until(Error)
+    assert (refused.id, refused.code, refused.retry_after_ms) == ("b", "rate_limited", 1000)
+    await client.until(TurnEnd)  # the first reply ends: room for another
+    await client.send(Send(id="b", conversation_id=second, text="meanwhile"))
+    await client.until(Ack)
+    await client.close()

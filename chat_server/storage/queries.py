@@ -317,6 +317,18 @@ async def context_window(
     return list(rows)[::-1]
 
 
+async def replies_streaming_for(s: AsyncSession, owner_id: uuid.UUID) -> int:
+    """How many of the owner's replies are streaming now, on any replica (the partial
+    index on streaming messages keeps this a small scan)."""
+    count = await s.scalar(
+        select(func.count())
+        .select_from(Message)
+        .join(Conversation, Conversation.id == Message.conversation_id)
+        .where(Message.status == "streaming", Conversation.owner_id == owner_id)
+    )
+    return int(count or 0)
+
+
 async def streaming_replies(s: AsyncSession, *, older_than_ms: int) -> list[Message]:
     """Replies still streaming that started at least ``older_than_ms`` ago."""
     cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_ms / 1000.0)

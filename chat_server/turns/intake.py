@@ -128,6 +128,7 @@ class Intake:
         vector = None if prepared or request.assistant_id else await self.embed_turn(text)
         async with self._db.begin() as s:
             budget = await self._token_budget(s, request.owner_id)
+            await self._check_concurrency(s, request.owner_id)
             if prepared is not None:
                 decision = prepared.decision  # the session joined it: ownership is known
             else:
@@ -170,6 +171,18 @@ class Intake:
             token_budget=budget,
         )
         return Stored(ack, user, generation)
+
+    async def _check_concurrency(self, s: AsyncSession, owner_id: uuid.UUID) -> None:
+        """At most ``CONCURRENT_REPLIES`` of the owner's replies stream at once."""
+        limit = self._settings.concurrent_replies
+        if await queries.replies_streaming_for(s, owner_id) >= limit:
+            metrics = self._context.metrics
+            metrics.limits_hit.labels(metrics.replica, "concurrent_replies").inc()
+            raise ChatError(
+                ErrorCode.RATE_LIMITED,
+                f"{limit} replies are already streaming for you; wait for one to end",
+                retry_after_ms=1000,
+            )
 
     async def _token_budget(self, s: AsyncSession, owner_id: uuid.UUID) -> int | None:
         """Tokens the owner may still spend today (None: no quota); quota_exceeded, with
