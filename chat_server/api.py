@@ -57,7 +57,7 @@ from chat_server.router.embedding import phrases
 from chat_server.router.learning import learn_misroute
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
-from chat_server.turns.generation import quota_reset_ms
+from chat_server.turns import quota
 from chat_server.wire import message_info
 from protocol.messages import MAX_SEQ, ConversationInfo, ConversationUpdated
 
@@ -445,19 +445,15 @@ async def feedback(c: Caller) -> Response:
 async def usage(c: Caller) -> Response:
     """The caller's model tokens of today (UTC) and their daily quota."""
     async with c.db() as s:
-        today, override = await queries.usage_today(s, c.user_id)
-    setting = c.runtime.settings.daily_token_quota
-    quota = setting if override is None else override
-    spent_in = today.input_tokens if today is not None else 0
-    spent_out = today.output_tokens if today is not None else 0
+        today = await quota.today(s, c.user_id, c.runtime.settings.daily_token_quota)
     return respond(
         UsageOut(
             day=datetime.now(UTC).date().isoformat(),
-            input_tokens=spent_in,
-            output_tokens=spent_out,
-            used=spent_in + spent_out,
-            quota=quota or None,
-            resets_in_ms=quota_reset_ms(),
+            input_tokens=today.input_tokens,
+            output_tokens=today.output_tokens,
+            used=today.used,
+            quota=today.quota,
+            resets_in_ms=quota.reset_ms(),
         )
     )
 

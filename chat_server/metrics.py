@@ -85,7 +85,7 @@ class Metrics:
         self.send_to_first_delta_c = self.send_to_first_delta.labels(replica)
         self.model_ttft_c = self.model_ttft.labels(replica)
         self.turn_duration_c = self.turn_duration.labels(replica)
-        self._frames_out: dict[str, Counter] = {}
+        self._by_type: dict[tuple[Counter, str], Counter] = {}
 
     def _gauge(self, name: str, doc: str) -> Gauge:
         gauge = Gauge(name, doc, ["replica"], registry=self.registry)
@@ -97,10 +97,17 @@ class Metrics:
         """Make ``gauge`` read ``read()`` at scrape time (Redis up, draining, pool)."""
         gauge.set_function(read)
 
+    def frame_in(self, kind: str) -> None:
+        self._count_type(self.frames_in, kind)
+
     def frame_out(self, kind: str) -> None:
-        child = self._frames_out.get(kind)
+        self._count_type(self.frames_out, kind)
+
+    def _count_type(self, family: Counter, kind: str) -> None:
+        """Per frame: the child for (family, type) resolved once, then only incremented."""
+        child = self._by_type.get((family, kind))
         if child is None:
-            child = self._frames_out[kind] = self.frames_out.labels(self.replica, kind)
+            child = self._by_type[(family, kind)] = family.labels(self.replica, kind)
         child.inc()
 
     def render(self) -> bytes:

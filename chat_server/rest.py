@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from chat_server.errors import HTTP_STATUS, ChatError
 from chat_server.runtime import Runtime
+from chat_server.wire import retry_after_header
 
 PREFIX = "/api/v1"
 T = TypeVar("T")
@@ -151,7 +152,7 @@ def _endpoint(handlers: dict[str, Endpoint]) -> Callable[[Request], Awaitable[Re
                 ErrorOut(error=exc.code.value, message=exc.message), HTTP_STATUS[exc.code]
             )
             if exc.retry_after_ms:
-                response.headers["Retry-After"] = str(max(1, -(-exc.retry_after_ms // 1000)))
+                response.headers["Retry-After"] = retry_after_header(exc.retry_after_ms)
             return response
 
     return serve

@@ -19,7 +19,6 @@ import msgspec
 from chat_server import conversations
 from chat_server.delivery import Delivery
 from chat_server.hub import Event
-from chat_server.limits import MemoryLimiter
 from chat_server.outbox import Outbox
 from chat_server.presence import Device
 from chat_server.relay import LiveEvent, Relay
@@ -88,9 +87,6 @@ class Session:
         )
         self.options = SessionOptions()
         self.close_code: int | None = None  # the code this server closes with, if it does
-        self.settings = runtime.settings
-        self.frame_bucket = MemoryLimiter()  # this connection's frame rate (ws.py)
-        self.flooded = 0  # frames refused in a row
         self._relay = Relay(self._publish_live, lambda c: c in self.delivery.feeds)
         self._voice = Voice(runtime.turns)  # barge-in and early routing
 

@@ -59,6 +59,11 @@ def error_frame(
     )
 
 
+def retry_after_header(retry_after_ms: int) -> str:
+    """HTTP ``Retry-After`` (whole seconds, rounded up, at least 1) for a wait in ms."""
+    return str(max(1, -(-retry_after_ms // 1000)))
+
+
 def to_builtins(value: Any) -> Any:
     """A wire struct as plain JSON values, for a JSONB column."""
     return msgspec.to_builtins(value)

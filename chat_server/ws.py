@@ -19,9 +19,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chat_server.config import Settings
 from chat_server.errors import CLOSES, ChatError
+from chat_server.limits import MemoryLimiter
 from chat_server.runtime import Drain, Runtime
 from chat_server.session import Session, SessionState
-from chat_server.wire import error_frame
+from chat_server.wire import error_frame, retry_after_header
 from protocol import decode_client
 from protocol.errors import CloseCode, Disconnect, ErrorCode, ErrorReply
 
@@ -55,12 +56,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     wait_ms = await runtime.limiter.take(f"handshakes:{ip}", per_s, per_s * 10)
     if wait_ms:
         runtime.metrics.limits_hit.labels(runtime.metrics.replica, "handshakes").inc()
-        retry = str(max(1, -(-wait_ms // 1000)))
         await websocket.send_denial_response(
             JSONResponse(
                 {"error": "rate_limited", "retry_after_ms": wait_ms},
                 status_code=429,
-                headers={"Retry-After": retry},
+                headers={"Retry-After": retry_after_header(wait_ms)},
             )
         )
         return
@@ -98,6 +98,7 @@ async def _receive_loop(
     websocket: WebSocket, session: Session, writer: asyncio.Task[None], settings: Settings
 ) -> None:
     idle_s = 2 * settings.heartbeat_ms / 1000
+    rate = FrameRate(settings.frames_per_second)
     while not writer.done():
         waiting_hello = session.state is SessionState.AWAITING_HELLO
         try:
@@ -112,19 +113,18 @@ async def _receive_loop(
         data = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
-        await handle(session, data)
+        await handle(session, data, rate)
 
 
-async def handle(session: Session, data: str | bytes) -> None:
+async def handle(session: Session, data: str | bytes, rate: FrameRate) -> None:
     """One client frame: decoded, dispatched, and its error (if any) answered."""
     request_id: str | None = None
-    if not await _within_frame_rate(session):
+    if not await rate.allows(session):
         return
     try:
         message = decode_client(data)
         request_id = getattr(message, "id", None)
-        kind = str(message.__struct_config__.tag)
-        session.metrics.frames_in.labels(session.metrics.replica, kind).inc()
+        session.metrics.frame_in(str(message.__struct_config__.tag))
         await session.dispatch(message)
     except ChatError as exc:
         if exc.code in CLOSES:
@@ -140,24 +140,31 @@ async def handle(session: Session, data: str | bytes) -> None:
         session.reply(error_frame(ErrorCode.INTERNAL, "internal error", request_id))
 
 
-async def _within_frame_rate(session: Session) -> bool:
-    """``FRAMES_PER_SECOND`` per connection (burst twice that). A frame over it is
+class FrameRate:
+    """``FRAMES_PER_SECOND`` for one connection (burst twice that). A frame over it is
     answered ``rate_limited`` and not handled; a client that keeps going for another
     burst's worth is closed with 4004 and told when to come back."""
-    per_s = session.settings.frames_per_second
-    wait_ms = await session.frame_bucket.take("frames", per_s, 2 * per_s)
-    if not wait_ms:
-        session.flooded = 0
-        return True
-    session.flooded += 1
-    metrics = session.metrics
-    metrics.limits_hit.labels(metrics.replica, "frames").inc()
-    if session.flooded > 2 * per_s:
-        retry_ms = max(wait_ms, 1000)
-        raise Disconnect(CloseCode.FLOODING, f"too many frames; retry_after_ms={retry_ms}")
-    message = f"more than {per_s} frames a second; slow down"
-    session.reply(error_frame(ErrorCode.RATE_LIMITED, message, None, wait_ms))
-    return False
+
+    def __init__(self, per_s: int) -> None:
+        self._per_s = per_s
+        self._bucket = MemoryLimiter()
+        self._refused = 0  # frames refused in a row
+
+    async def allows(self, session: Session) -> bool:
+        per_s = self._per_s
+        wait_ms = await self._bucket.take("frames", per_s, 2 * per_s)
+        if not wait_ms:
+            self._refused = 0
+            return True
+        self._refused += 1
+        metrics = session.metrics
+        metrics.limits_hit.labels(metrics.replica, "frames").inc()
+        if self._refused > 2 * per_s:
+            retry_ms = max(wait_ms, 1000)
+            raise Disconnect(CloseCode.FLOODING, f"too many frames; retry_after_ms={retry_ms}")
+        message = f"more than {per_s} frames a second; slow down"
+        session.reply(error_frame(ErrorCode.RATE_LIMITED, message, None, wait_ms))
+        return False
 
 
 __all__ = ["Drain", "websocket_endpoint"]

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +28,7 @@ from chat_server.llm import ChatTurn, LLMError, LLMProvider, LLMRequest
 from chat_server.metrics import Metrics
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
+from chat_server.turns import quota
 from chat_server.turns.final import Finals
 from chat_server.wire import message_info
 from protocol import encode
@@ -64,13 +64,6 @@ class QuotaReached(Exception):
 class GenerationState(enum.Enum):
     STREAMING = "streaming"
     FINISHING = "finishing"  # writing the final text; cancel no longer applies
-
-
-def quota_reset_ms(now: datetime | None = None) -> int:
-    """Milliseconds until the next midnight UTC, when daily quotas start again."""
-    now = now or datetime.now(UTC)
-    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return max(1, int((midnight - now).total_seconds() * 1000))
 
 
 def chat_turns(rows: list[MessageRow]) -> list[ChatTurn]:
@@ -277,7 +270,7 @@ class Generation:
         output = max(usage.output_tokens, len(self.text) // 4)
         if usage.input_tokens + output >= self._token_budget:
             spent = Usage(input_tokens=usage.input_tokens, output_tokens=output)
-            raise QuotaReached(spent, quota_reset_ms())
+            raise QuotaReached(spent, quota.reset_ms())
 
     # ------------------------------------------------------------------ sharing the text
 

@@ -22,7 +22,8 @@ from chat_server.router.embedding import Embedder
 from chat_server.storage import queries
 from chat_server.storage.models import Conversation
 from chat_server.storage.models import Message as MessageRow
-from chat_server.turns.generation import Context, Generation, chat_turns, quota_reset_ms
+from chat_server.turns import quota
+from chat_server.turns.generation import Context, Generation, chat_turns
 from chat_server.wire import route_info, to_builtins
 from protocol.errors import ErrorCode
 from protocol.messages import Ack, AssistantRef, TurnStart
@@ -187,18 +188,15 @@ class Intake:
     async def _token_budget(self, s: AsyncSession, owner_id: uuid.UUID) -> int | None:
         """Tokens the owner may still spend today (None: no quota); quota_exceeded, with
         the reset time, when none are left."""
-        usage, override = await queries.usage_today(s, owner_id)
-        quota = self._settings.daily_token_quota if override is None else override
-        if not quota:
+        today = await quota.today(s, owner_id, self._settings.daily_token_quota)
+        if today.quota is None:
             return None
-        used = usage.input_tokens + usage.output_tokens if usage is not None else 0
-        if used < quota:
-            return quota - used
-        reset_ms = quota_reset_ms()
+        if today.used < today.quota:
+            return today.quota - today.used
         raise ChatError(
             ErrorCode.QUOTA_EXCEEDED,
-            f"the daily quota of {quota} tokens is spent; it resets at 00:00 UTC",
-            retry_after_ms=reset_ms,
+            f"the daily quota of {today.quota} tokens is spent; it resets at 00:00 UTC",
+            retry_after_ms=quota.reset_ms(),
         )
 
     async def _decide(
