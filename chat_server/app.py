@@ -91,17 +91,21 @@ async def _backends(
 
 
 async def _refresh_presence(runtime: Runtime) -> None:
+    """Keep this replica's presence entries and held connection places alive (both
+    expire on their own when a replica dies). One period serves both."""
     while True:
         await asyncio.sleep(PRESENCE_REFRESH_S)
+        sessions = tuple(runtime.drain.sessions)
         entries = [
             (conversation_id, session.device)
-            for session in tuple(runtime.drain.sessions)
+            for session in sessions
             for conversation_id in session.joined_conversations()
         ]
         try:
             await runtime.presence.store.refresh(entries)
         except Exception:  # Redis away: entries live on until their TTL
             log.warning("presence refresh failed", exc_info=True)
+        await runtime.limiter.renew((s.holds, s.id) for s in sessions if s.holds is not None)
 
 
 async def drain(app: Starlette) -> None:

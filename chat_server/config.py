@@ -93,6 +93,9 @@ class Settings:
     daily_token_quota: int = 2_000_000  # DAILY_TOKEN_QUOTA: model tokens a user a day; 0: none
     frames_per_second: int = 50  # FRAMES_PER_SECOND: one connection's frames (burst 2x)
     handshakes_per_ip_per_s: int = 200  # HANDSHAKES_PER_IP_PER_S: new WebSockets (burst 10x)
+    connections_per_user: int = 50  # CONNECTIONS_PER_USER: a user's open sessions (4005 over)
+    limits: bool = True  # LIMITS: off skips every limit and quota check (usage still counted)
+    metrics: bool = True  # METRICS: off serves no /metrics and counts nothing
     outbox_bytes: int = 4 * 1024 * 1024  # OUTBOX_BYTES: ... or queued bytes
     heartbeat_ms: int = 25_000  # HEARTBEAT_MS: client pings this often; 2x silence → 4001
     hello_timeout_s: float = 10.0  # HELLO_TIMEOUT_S: time for the first frame (4002)
@@ -150,6 +153,9 @@ class Settings:
             handshakes_per_ip_per_s=r.number(
                 "HANDSHAKES_PER_IP_PER_S", d.handshakes_per_ip_per_s, int, 1
             ),
+            connections_per_user=r.number("CONNECTIONS_PER_USER", d.connections_per_user, int, 1),
+            limits=r.switch("LIMITS", d.limits),
+            metrics=r.switch("METRICS", d.metrics),
             outbox_bytes=r.number("OUTBOX_BYTES", d.outbox_bytes, int, 64 * 1024),
             heartbeat_ms=r.number("HEARTBEAT_MS", d.heartbeat_ms, int, 100),
             hello_timeout_s=r.number("HELLO_TIMEOUT_S", d.hello_timeout_s, float, 0.1),
@@ -221,6 +227,10 @@ class _Reader:
             self.problem(name, raw, "must be one of " + ", ".join(allowed))
             return default
         return raw.lower()
+
+    def switch(self, name: str, default: bool) -> bool:
+        raw = self.choice(name, "on" if default else "off", ("on", "off", "true", "false"))
+        return raw in ("on", "true")
 
     def url(self, name: str, schemes: tuple[str, ...], *, secret: bool = True) -> Secret | None:
         raw = self._raw(name)

@@ -59,6 +59,8 @@ async def metrics(request: Request) -> Response:
     """Prometheus metrics of this replica; with ``METRICS_TOKEN`` set, only for a
     ``Authorization: Bearer <token>`` that matches."""
     runtime: Runtime = request.app.state.runtime
+    if not runtime.metrics.enabled:
+        return JSONResponse({"error": "metrics are off (METRICS=off)"}, 404)
     token = runtime.settings.metrics_token
     if token is not None:
         given = request.headers.get("authorization", "")

@@ -4,12 +4,14 @@ Every series carries a ``replica`` label and never a user or conversation id, so
 number of series stays bounded whatever the traffic. Each replica has its own registry
 (several apps can live in one process, as in the tests). The hot paths only increment
 children resolved once here; gauges that mirror state (Redis, drain, pool) are read at
-scrape time.
+scrape time. With ``METRICS=off`` every metric is ``_Off``, which does nothing (the
+benchmarks measure what metrics cost by turning them off).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -17,16 +19,36 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 
 
+class _Off:
+    """A metric that is not kept: every call does nothing."""
+
+    def labels(self, *values: str) -> _Off:
+        return self
+
+    def _nothing(self, *args: Any) -> None:
+        return None
+
+    inc = dec = observe = set = set_function = _nothing
+
+
+_OFF: Any = _Off()
+
+
 class Metrics:
-    def __init__(self, replica: str) -> None:
+    def __init__(self, replica: str, *, enabled: bool = True) -> None:
         self.registry = CollectorRegistry()
         self.replica = replica
+        self.enabled = enabled
         r = self.registry
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
+            if not enabled:
+                return cast(Counter, _OFF)
             return Counter(name, doc, ["replica", *labels], registry=r)
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            if not enabled:
+                return cast(Histogram, _OFF)
             return Histogram(name, doc, ["replica"], buckets=buckets, registry=r)
 
         self.connections_open = self._gauge("chat_connections_open", "Open WebSockets")
@@ -88,6 +110,8 @@ class Metrics:
         self._by_type: dict[tuple[Counter, str], Counter] = {}
 
     def _gauge(self, name: str, doc: str) -> Gauge:
+        if not self.enabled:
+            return cast(Gauge, _OFF)
         gauge = Gauge(name, doc, ["replica"], registry=self.registry)
         child: Gauge = gauge.labels(self.replica)
         return child

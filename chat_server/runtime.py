@@ -17,7 +17,7 @@ from chat_server.bus import Bus
 from chat_server.config import Settings
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
-from chat_server.limits import Limiter
+from chat_server.limits import Limiter, Unlimited
 from chat_server.llm import LLMProvider
 from chat_server.metrics import Metrics
 from chat_server.presence import PresenceStore, PresenceTracker
@@ -96,7 +96,9 @@ class Runtime:
         limiter: Limiter | None = None,
     ) -> Runtime:
         """The one way the parts are put together (the app, and tests on memory backends)."""
-        metrics = Metrics(settings.node_id)
+        metrics = Metrics(settings.node_id, enabled=settings.metrics)
+        if not settings.limits:
+            limiter = Unlimited()
         hub = Hub(bus=bus, node_id=settings.node_id, metrics=metrics)
         turns = Turns(
             db=db,

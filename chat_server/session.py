@@ -54,6 +54,7 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 MAX_JOINED = 64  # conversations one connection may join at once
+RETRY_PLACE_MS = 5000  # told to a device refused for too many connections (4005)
 
 
 class SessionState(enum.Enum):
@@ -68,6 +69,7 @@ class Session:
         self.state = SessionState.AWAITING_HELLO
         self.user_id: uuid.UUID | None = None
         self.subject = ""
+        self.holds: str | None = None  # the limiter key of this user's connections, once held
         self._rt = runtime
         self.metrics = runtime.metrics
         settings = runtime.settings
@@ -151,6 +153,7 @@ class Session:
             )
         self.subject = self._rt.auth.subject(hello.token)
         self.user_id = await self._rt.users.resolve(self.subject)
+        await self._hold_place()
         self.options = hello.options
         if hello.options.speech_chunks:
             wait_s = hello.options.speech_max_wait_ms / 1000
@@ -173,6 +176,15 @@ class Session:
                 limits=limits,
             )
         )
+
+    async def _hold_place(self) -> None:
+        """One of the user's ``CONNECTIONS_PER_USER`` places, across replicas, else 4005."""
+        most, key = self._rt.settings.connections_per_user, f"connections:{self.subject}"
+        if not await self._rt.limiter.hold(key, self.id, most):
+            self.metrics.limits_hit.labels(self.metrics.replica, "connections").inc()
+            reason = f"more than {most} open connections; retry_after_ms={RETRY_PLACE_MS}"
+            raise Disconnect(CloseCode.TOO_MANY_CONNECTIONS, reason)
+        self.holds = key
 
     @property
     def _owner(self) -> uuid.UUID:
@@ -320,3 +332,5 @@ class Session:
         self._relay.close()
         for conversation_id in list(self.delivery.feeds):
             await self._leave(conversation_id)
+        if self.holds is not None:
+            await self._rt.limiter.release(self.holds, self.id)

@@ -98,7 +98,7 @@ async def _receive_loop(
     websocket: WebSocket, session: Session, writer: asyncio.Task[None], settings: Settings
 ) -> None:
     idle_s = 2 * settings.heartbeat_ms / 1000
-    rate = FrameRate(settings.frames_per_second)
+    rate = FrameRate(settings.frames_per_second if settings.limits else None)
     while not writer.done():
         waiting_hello = session.state is SessionState.AWAITING_HELLO
         try:
@@ -145,13 +145,15 @@ class FrameRate:
     answered ``rate_limited`` and not handled; a client that keeps going for another
     burst's worth is closed with 4004 and told when to come back."""
 
-    def __init__(self, per_s: int) -> None:
-        self._per_s = per_s
+    def __init__(self, per_s: int | None) -> None:
+        self._per_s = per_s  # None: unlimited
         self._bucket = MemoryLimiter()
         self._refused = 0  # frames refused in a row
 
     async def allows(self, session: Session) -> bool:
         per_s = self._per_s
+        if per_s is None:
+            return True
         wait_ms = await self._bucket.take("frames", per_s, 2 * per_s)
         if not wait_ms:
             self._refused = 0

@@ -30,6 +30,7 @@ import orjson
 import psutil
 import websockets
 
+from load import fanout
 from load.client import ProtocolClient
 from load.spawn import EmbeddedRedis, _free_port, spawned_servers
 from protocol.messages import Ack, Error, Join, Joined, Send
@@ -271,7 +272,7 @@ def run(target: str, params: FanoutParams) -> FanoutResult:
             redis_url = stack.enter_context(_redis()).url
         if target == "server":
             room = str(2 * params.messages * (params.size + 1) + 1000)  # the [[sim]] reply
-            env = {"OUTBOX_FRAMES": str(params.messages * 4)}
+            env = {"OUTBOX_FRAMES": str(params.messages * 4), **fanout.SERVER_ENV}
             env |= {"MAX_TEXT_CHARS": room, "MAX_FRAME_BYTES": room}
             if redis_url:
                 env["REDIS_URL"] = redis_url

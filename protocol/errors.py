@@ -81,6 +81,7 @@ class CloseCode(enum.IntEnum):
     FLOODING = (
         4004  # kept sending over the frame rate limit; reconnect after the delay in the reason
     )
+    TOO_MANY_CONNECTIONS = 4005  # the user's open sessions are at CONNECTIONS_PER_USER
     UNAUTHORIZED = 4401  # bad token in ``hello``
     PROTOCOL_VIOLATION = 4400  # first frame was not ``hello``, or an unsupported version
 
@@ -106,6 +107,10 @@ CLOSE_CODES: dict[CloseCode, CloseInfo] = {
     CloseCode.RESUME_REQUIRED: CloseInfo("events lost; rejoin with after_seq", reconnect=True),
     CloseCode.FLOODING: CloseInfo(
         "too many frames; reconnect after retry_after_ms (in the reason)", reconnect=True
+    ),
+    CloseCode.TOO_MANY_CONNECTIONS: CloseInfo(
+        "too many open connections for this user; reconnect after retry_after_ms (in the reason)",
+        reconnect=True,
     ),
     CloseCode.UNAUTHORIZED: CloseInfo("unauthorized; get a new token first", reconnect=False),
     CloseCode.PROTOCOL_VIOLATION: CloseInfo("protocol violation", reconnect=False),

@@ -1,21 +1,24 @@
-"""Limits: the token bucket (pure, memory, and Redis shared by replicas), and each limit
-at its threshold over real WebSockets: turns per minute, frames per second (and the
-close of a client that keeps flooding), handshakes per IP."""
+"""Limits: the token bucket and held places (memory, and Redis shared by replicas), and
+each limit at its threshold over real WebSockets, on one replica and across two: turns
+per minute, concurrent replies, open connections per user (4005), frames per second
+(and the close of a client that keeps flooding), handshakes per IP."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from chat_server.limits import MemoryLimiter, refill
+from chat_server.limits import HOLD_TTL_S, MemoryLimiter, refill
 from chat_server.limits.redis import RedisLimiter
 from load.spawn import EmbeddedRedis
 from protocol.errors import CloseCode
-from protocol.messages import Ack, Error, Ping, Pong, Send, TurnEnd
+from protocol.messages import Ack, Error, Hello, Ping, Pong, Send, TurnEnd
+from tests.replicas import Replica
 from tests.servers import RunningServer
 from tests.wsclient import Client, directive, new_user
 
@@ -50,6 +53,124 @@ async def test_replicas_share_one_bucket_in_redis(redis_server: EmbeddedRedis) -
     assert await a_client.pttl("limit:user:1") > 0, "every bucket expires"
     await a_client.aclose()
     await b_client.aclose()
+
+
+async def test_held_places_fill_up_free_on_release_and_expire_unless_renewed() -> None:
+    now = [0.0]
+    limiter = MemoryLimiter(clock=lambda: now[0])
+    assert [await limiter.hold("u", h, 2) for h in "abc"] == [True, True, False]
+    assert await limiter.hold("u", "a", 2), "a holder already in keeps its place"
+    assert await limiter.hold("v", "c", 2), "places are per key"
+    await limiter.release("u", "a")
+    assert await limiter.hold("u", "c", 2)
+    now[0] = HOLD_TTL_S * 1000 - 1
+    await limiter.renew([("u", "c")])  # b's replica died: only c is renewed
+    now[0] = HOLD_TTL_S * 1000 + 1
+    assert await limiter.hold("u", "d", 2), "b's place expired"
+    assert not await limiter.hold("u", "e", 2), "c's renewed place still counts"
+
+
+async def test_replicas_share_held_places_in_redis(redis_server: EmbeddedRedis) -> None:
+    a_client = aioredis.Redis.from_url(redis_server.url)
+    b_client = aioredis.Redis.from_url(redis_server.url)
+    a, b = RedisLimiter(a_client), RedisLimiter(b_client)
+    assert await a.hold("conn:u", "s1", 2)
+    assert await b.hold("conn:u", "s2", 2)
+    assert not await a.hold("conn:u", "s3", 2), "two places, held on two replicas"
+    assert await b.hold("conn:u", "s2", 2), "idempotent for a holder"
+    await b.release("conn:u", "s2")
+    assert await a.hold("conn:u", "s3", 2)
+    before = await a_client.zscore("held:conn:u", "s1")
+    await asyncio.sleep(0.01)
+    await a.renew([("conn:u", "s1"), ("conn:u", "gone")])
+    assert (await a_client.zscore("held:conn:u", "s1")) > before, "renewed"
+    assert await a_client.zscore("held:conn:u", "gone") is None, "renew never adds a place"
+    assert 0 < await a_client.pttl("held:conn:u") <= HOLD_TTL_S * 1000
+    await a_client.aclose()
+    await b_client.aclose()
+
+
+async def refused_hello(url: str, user: str) -> tuple[int, str]:
+    client = await Client.connect(url)
+    await client.send(Hello(token=user))
+    code = await client.closed_with()
+    return code, client.ws.close_reason or ""
+
+
+async def test_a_user_over_the_open_connections_limit_is_closed_4005_with_a_delay(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    running = start_server(connections_per_user=2)
+    user = new_user()
+    first, second = await Client.connect(running.ws), await Client.connect(running.ws)
+    await first.hello(user)
+    await second.hello(user)
+    code, reason = await refused_hello(running.ws, user)
+    assert code == CloseCode.TOO_MANY_CONNECTIONS == 4005
+    assert "retry_after_ms=" in reason
+    other = await Client.connect(running.ws)
+    await other.hello(new_user())  # another user is not affected
+    await first.close()
+    third = await Client.connect(running.ws)
+    for _ in range(50):  # the place is given back as the first connection's cleanup ends
+        try:
+            await third.hello(user)
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+            third = await Client.connect(running.ws)
+    else:
+        pytest.fail("a closed connection's place was never given back")
+    for c in (second, third, other):
+        await c.close()
+
+
+async def test_limits_hold_across_two_replicas(
+    replicas: Callable[..., list[Replica]],
+) -> None:
+    a, b = replicas(
+        2,
+        CONNECTIONS_PER_USER="2",
+        TURNS_PER_MINUTE="3",
+        CONCURRENT_REPLIES="1",
+        HANDSHAKES_PER_IP_PER_S="2",
+    )
+    user = new_user()
+    on_a, on_b = await Client.connect(a.ws), await Client.connect(b.ws)
+    await on_a.hello(user)
+    await on_b.hello(user)
+    code, _ = await refused_hello(a.ws, user)
+    assert code == 4005, "one place on each replica: the third connection is refused"
+
+    first, second = await on_a.create(), await on_b.create()
+    slow = "long " + directive(tps=20, tokens=40)
+    await on_a.send(Send(id="a", conversation_id=first, text=slow))
+    await on_a.expect(Ack)
+    await on_b.send(Send(id="b", conversation_id=second, text="meanwhile"))
+    refused, _ = await on_b.until(Error)
+    assert (refused.id, refused.code) == ("b", "rate_limited"), "a reply streams on A"
+    await on_a.until(TurnEnd)
+    await on_b.send(Send(id="c", conversation_id=second, text="now"))
+    await on_b.expect(Ack)
+    await on_b.until(TurnEnd)
+    await on_b.send(Send(id="d", conversation_id=second, text="a third turn"))
+    refused, _ = await on_b.until(Error)
+    assert (refused.id, refused.code) == ("d", "rate_limited"), "3 a minute (b counted), A + B"
+    assert refused.retry_after_ms
+
+    # Handshakes per IP: a burst of 20 (2/s), shared; this test already used a few.
+    opened, status = [], None
+    for n in range(25):
+        try:
+            opened.append(await websockets.connect((a if n % 2 else b).ws))
+        except websockets.InvalidStatus as exc:
+            status = exc.response.status_code
+            break
+    assert status == 429, "the shared bucket ran out before 25 handshakes"
+    assert len(opened) <= 20, "one bucket for both: separate ones would allow 40"
+    await asyncio.gather(*(ws.close() for ws in opened))
+    await on_a.close()
+    await on_b.close()
 
 
 async def test_a_user_over_the_turn_rate_gets_rate_limited_and_stays_connected(
@@ -119,3 +240,29 @@ async def test_a_user_with_too_many_replies_streaming_is_rate_limited(
     await client.send(Send(id="b", conversation_id=second, text="meanwhile"))
     await client.until(Ack)
     await client.close()
+
+
+async def test_limits_off_lets_everything_through_and_still_counts_usage(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """``LIMITS=off`` (trusted deployments, and the benchmark of what limits cost)."""
+    running = start_server(limits=False, turns_per_minute=1, connections_per_user=1, metrics=False)
+    user = new_user()
+    client, second = await Client.connect(running.ws), await Client.connect(running.ws)
+    await client.hello(user)
+    await second.hello(user)  # over connections_per_user, allowed
+    cid = await client.create()
+    for n in range(3):  # over turns_per_minute, allowed
+        await client.send(Send(id=f"t{n}", conversation_id=cid, text="hi"))
+        await client.expect(Ack)
+        end, _ = await client.until(TurnEnd)
+        assert end.finish_reason == "stop"
+    async with httpx.AsyncClient(
+        base_url=running.http, headers={"Authorization": f"Bearer {user}"}
+    ) as http:
+        assert (await http.get("/api/v1/usage")).json()["used"] > 0, "usage is counted"
+        off = await http.get("/metrics")
+        assert off.status_code == 404
+        assert "METRICS=off" in off.text
+    await client.close()
+    await second.close()

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chat_server.storage.models import Conversation, User
 from chat_server.storage.models import Message as MessageRow
 from protocol.messages import Ack, Error, Send, TurnEnd
+from tests.replicas import Replica
 from tests.servers import RunningServer
 from tests.wsclient import Client, directive, new_user
 
@@ -94,3 +95,38 @@ async def test_a_quota_ends_a_reply_mid_stream_then_refuses_the_next_turn(
     unknown = await quota_command(env, f"nobody-{uuid.uuid4().hex}", "5")
     assert unknown.returncode != 0
     assert "no user" in unknown.stderr
+
+
+async def test_a_quota_spent_on_one_replica_holds_on_the_other(
+    replicas: Callable[..., list[Replica]],
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    a, b = replicas(2, DAILY_TOKEN_QUOTA="80")
+    user = new_user()
+    on_a, on_b = await Client.connect(a.ws), await Client.connect(b.ws)
+    await on_a.hello(user)
+    await on_b.hello(user)
+    cid = await on_a.create()
+    await on_a.send(Send(id="t1", conversation_id=cid, text="hi " + directive(tokens=30)))
+    await on_a.expect(Ack)
+    end, _ = await on_a.until(TurnEnd)
+    assert end.finish_reason == "stop", "within the quota"
+    # B streams the next reply; it crosses the quota A's reply left, mid-stream.
+    other = await on_b.create()
+    await on_b.send(Send(id="t2", conversation_id=other, text="go " + directive(tokens=300)))
+    await on_b.expect(Ack)
+    end, _ = await on_b.until(TurnEnd)
+    assert end.finish_reason == "quota"
+    assert 0 < len(end.message.text.split()) < 300, "the text so far is kept"
+    # Spent: refused on both replicas before a turn starts.
+    for client, conversation in ((on_a, cid), (on_b, other)):
+        await client.send(Send(id="t3", conversation_id=conversation, text="more"))
+        refused = await client.expect(Error)
+        assert (refused.id, refused.code) == ("t3", "quota_exceeded")
+    async with httpx.AsyncClient(
+        base_url=f"{a.http}/api/v1", headers={"Authorization": f"Bearer {user}"}
+    ) as http:
+        usage = (await http.get("/usage")).json()
+    assert usage["used"] == await spent(db, user) >= 80, "usage adds up, from both replicas"
+    await on_a.close()
+    await on_b.close()

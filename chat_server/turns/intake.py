@@ -176,7 +176,7 @@ class Intake:
     async def _check_concurrency(self, s: AsyncSession, owner_id: uuid.UUID) -> None:
         """At most ``CONCURRENT_REPLIES`` of the owner's replies stream at once."""
         limit = self._settings.concurrent_replies
-        if await queries.replies_streaming_for(s, owner_id) >= limit:
+        if self._settings.limits and await queries.replies_streaming_for(s, owner_id) >= limit:
             metrics = self._context.metrics
             metrics.limits_hit.labels(metrics.replica, "concurrent_replies").inc()
             raise ChatError(
@@ -188,6 +188,8 @@ class Intake:
     async def _token_budget(self, s: AsyncSession, owner_id: uuid.UUID) -> int | None:
         """Tokens the owner may still spend today (None: no quota); quota_exceeded, with
         the reset time, when none are left."""
+        if not self._settings.limits:
+            return None
         today = await quota.today(s, owner_id, self._settings.daily_token_quota)
         if today.quota is None:
             return None

@@ -66,6 +66,11 @@ export const CLOSE_CODES = {
         "name": "flooding",
         "reconnect": true
     },
+    "4005": {
+        "meaning": "too many open connections for this user; reconnect after retry_after_ms (in the reason)",
+        "name": "too_many_connections",
+        "reconnect": true
+    },
     "4400": {
         "meaning": "protocol violation",
         "name": "protocol_violation",

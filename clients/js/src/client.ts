@@ -297,7 +297,7 @@ export class ChatClient {
       return;
     }
     this.setStatus("reconnecting");
-    const asked = /retry_after_ms=(\d+)/.exec(reason); // e.g. 4004 (flooding)
+    const asked = /retry_after_ms=(\d+)/.exec(reason); // e.g. 4004 (flooding), 4005 (connections)
     if (asked) this.retryAfterMs = Math.max(this.retryAfterMs, Number(asked[1]));
     this.urlIndex += 1; // with several replicas, try the next one
     const base = this.opts.backoffBaseMs ?? 250;
