@@ -327,7 +327,7 @@ class ChatClient:
             self._set_status("closed")
             return
         self._set_status("reconnecting")
-        asked = re.search(r"retry_after_ms=(\d+)", reason)  # e.g. 4004 (flooding), 4005 (connections)
+        asked = re.search(r"retry_after_ms=(\d+)", reason)  # 4004, 4005
         if asked:
             self._retry_after_s = max(self._retry_after_s, int(asked.group(1)) / 1000)
         self._url_index += 1
