@@ -163,3 +163,23 @@ def test_fanout_across_two_replicas_delivers_everything(target: str) -> None:
     result = run(target, params)
     assert result.replicas == 2
     assert result.deliveries_per_s > 0
+
+
+def test_abuse_scenario_keeps_the_abusers_extra_turns_from_the_model(
+    deployment: list[Spawned], tmp_path: Path
+) -> None:
+    report = run_cli(
+        deployment,
+        tmp_path,
+        *("abuse", "--users", "2", "--turns", "3", "--interval-ms", "300", "--rounds", "1"),
+        *("--abuse-connections", "53", "--abuse-pings", "400", "--tokens", "10"),
+    )
+    counts = report["counts"]
+    assert counts["lost_model_requests_without_ack"] == 0
+    assert counts["model_requests"] == 2 * 2 * 3 + counts["abuser_acked"]
+    assert counts["abuser_error:rate_limited"] > 0
+    assert counts["abuser_refused:close:4005"] == 3, "50 connections per user by default"
+    assert counts["abuser_pings_closed:close:4004"] >= 1
+    for phase in ("ordinary users alone", "with the abuser"):
+        assert report["latency_ms"][f"send → first delta ({phase})"]["n"] == 2 * 3
+    assert any("with the abuser" in name for name in report["derived"])
