@@ -156,7 +156,7 @@ class Hub:
         self._deliver(message.conversation_id, event)
         event.origin = self.node_id
         assert self.metrics is not None
-        self.metrics.bus_publishes_c.inc()
+        self.metrics.bus_publishes.inc()
         await self.bus.publish(self.channel(message.conversation_id), _envelope.encode(event))
 
     def _from_bus(self, conversation_id: uuid.UUID, payload: bytes) -> None:
@@ -167,7 +167,7 @@ class Hub:
             return
         if event.origin != self.node_id:
             assert self.metrics is not None
-            self.metrics.bus_deliveries_c.inc()
+            self.metrics.bus_deliveries.inc()
             self._deliver(conversation_id, event)
 
     def _deliver(self, conversation_id: uuid.UUID, event: Event) -> None:

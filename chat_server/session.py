@@ -75,7 +75,7 @@ class Session:
         settings = runtime.settings
         outbox = Outbox(max_frames=settings.outbox_frames, max_bytes=settings.outbox_bytes)
         self.writer = Writer(
-            transport, outbox, on_overflow=self._overflow, on_sent=runtime.metrics.frame_out
+            transport, outbox, on_overflow=self._overflow, on_sent=runtime.metrics.frames_out.inc
         )
         self.delivery = Delivery(
             db=runtime.db,

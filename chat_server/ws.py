@@ -124,7 +124,7 @@ async def handle(session: Session, data: str | bytes, rate: FrameRate) -> None:
     try:
         message = decode_client(data)
         request_id = getattr(message, "id", None)
-        session.metrics.frame_in(str(message.__struct_config__.tag))
+        session.metrics.frames_in.inc(str(message.__struct_config__.tag))
         await session.dispatch(message)
     except ChatError as exc:
         if exc.code in CLOSES:

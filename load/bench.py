@@ -8,6 +8,8 @@ Then server CPU per streamed token, this server vs a python-socketio token relay
 streaming from the Gemini simulator through google-genai (load/bench_tokens.py), in one
 process each and in two replicas each (python-socketio with its AsyncRedisManager).
 Each target runs in its own processes, one after the other, with the same clients.
+Last, what metrics and limits cost: the same server with and without them, side by
+side (load/bench_overhead.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import dataclasses
 import json
 import sys
 
-from load import bench_tokens
+from load import bench_overhead, bench_tokens
 from load.peer_fanout import TARGETS, FanoutParams, run
 
 
@@ -91,6 +93,9 @@ def main(argv: list[str]) -> int:
             print(f"  {label:48}   n/a (google-genai alone ~ this server here)")
         else:
             ratio(label, (peer - sdk) / (mine - sdk))
+    overhead = bench_overhead.run()
+    for line in overhead.lines():
+        print(line)
     if args.json:
         with open(args.json, "w") as out:
             everything = [*results.values(), *replicated.values()]
@@ -98,6 +103,7 @@ def main(argv: list[str]) -> int:
                 {
                     "fanout": [vars(r) for r in everything],
                     "per_token": {n: vars(r) for n, r in per_token.items()},
+                    "overhead": vars(overhead),
                 },
                 out,
                 indent=2,

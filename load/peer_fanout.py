@@ -263,6 +263,14 @@ async def _socketio(
         await publisher.close()
 
 
+def server_env(params: FanoutParams) -> dict[str, str]:
+    """This server's settings for a fan-out of ``params``: room for the reply and for
+    every subscriber (one user's devices)."""
+    room = str(2 * params.messages * (params.size + 1) + 1000)  # the [[sim]] reply
+    env = {"OUTBOX_FRAMES": str(params.messages * 4), **fanout.SERVER_ENV}
+    return env | {"MAX_TEXT_CHARS": room, "MAX_FRAME_BYTES": room}
+
+
 def run(target: str, params: FanoutParams) -> FanoutResult:
     if params.replicas > 1 and target == "ws":
         raise ValueError("the bare websockets peer has no multi-replica mode")
@@ -271,9 +279,7 @@ def run(target: str, params: FanoutParams) -> FanoutResult:
         if params.replicas > 1:
             redis_url = stack.enter_context(_redis()).url
         if target == "server":
-            room = str(2 * params.messages * (params.size + 1) + 1000)  # the [[sim]] reply
-            env = {"OUTBOX_FRAMES": str(params.messages * 4), **fanout.SERVER_ENV}
-            env |= {"MAX_TEXT_CHARS": room, "MAX_FRAME_BYTES": room}
+            env = server_env(params)
             if redis_url:
                 env["REDIS_URL"] = redis_url
             servers = stack.enter_context(spawned_servers(params.replicas, **env))

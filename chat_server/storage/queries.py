@@ -256,14 +256,38 @@ async def add_usage(
     )
 
 
-async def usage_today(s: AsyncSession, user_id: uuid.UUID) -> tuple[UsageDaily | None, int | None]:
-    """The user's usage of today (UTC), if any, and their quota override."""
+@dataclass(frozen=True, slots=True)
+class Standing:
+    input_tokens: int  # today (UTC)
+    output_tokens: int
+    override: int | None  # the user's own daily quota, if set
+    streaming: int  # the user's replies streaming now, on any replica
+
+
+async def standing(s: AsyncSession, user_id: uuid.UUID) -> Standing:
+    """What a turn's limits need to know about its user, in one round trip: today's
+    usage, the quota override and the replies streaming now (the partial index on
+    streaming messages keeps that count a small scan)."""
     today = func.timezone("UTC", func.now()).cast(Date)
-    usage = await s.scalar(
-        select(UsageDaily).where(UsageDaily.user_id == user_id, UsageDaily.day == today)
-    )
-    override = await s.scalar(select(User.daily_token_quota).where(User.id == user_id))
-    return usage, override
+    mine = (UsageDaily.user_id == user_id, UsageDaily.day == today)
+    row = (
+        await s.execute(
+            select(
+                User.daily_token_quota,
+                select(UsageDaily.input_tokens).where(*mine).scalar_subquery(),
+                select(UsageDaily.output_tokens).where(*mine).scalar_subquery(),
+                select(func.count())
+                .select_from(Message)
+                .join(Conversation, Conversation.id == Message.conversation_id)
+                .where(Message.status == "streaming", Conversation.owner_id == user_id)
+                .scalar_subquery(),
+            ).where(User.id == user_id)
+        )
+    ).one_or_none()
+    if row is None:
+        return Standing(0, 0, None, 0)
+    override, input_tokens, output_tokens, streaming = row
+    return Standing(input_tokens or 0, output_tokens or 0, override, streaming or 0)
 
 
 async def set_quota(s: AsyncSession, external_id: str, tokens: int | None) -> bool:
@@ -315,18 +339,6 @@ async def context_window(
         .limit(limit)
     )
     return list(rows)[::-1]
-
-
-async def replies_streaming_for(s: AsyncSession, owner_id: uuid.UUID) -> int:
-    """How many of the owner's replies are streaming now, on any replica (the partial
-    index on streaming messages keeps this a small scan)."""
-    count = await s.scalar(
-        select(func.count())
-        .select_from(Message)
-        .join(Conversation, Conversation.id == Message.conversation_id)
-        .where(Message.status == "streaming", Conversation.owner_id == owner_id)
-    )
-    return int(count or 0)
 
 
 async def streaming_replies(s: AsyncSession, *, older_than_ms: int) -> list[Message]:

@@ -128,8 +128,7 @@ class Intake:
             prepared = None
         vector = None if prepared or request.assistant_id else await self.embed_turn(text)
         async with self._db.begin() as s:
-            budget = await self._token_budget(s, request.owner_id)
-            await self._check_concurrency(s, request.owner_id)
+            budget = await self._within_limits(s, request.owner_id)
             if prepared is not None:
                 decision = prepared.decision  # the session joined it: ownership is known
             else:
@@ -173,33 +172,30 @@ class Intake:
         )
         return Stored(ack, user, generation)
 
-    async def _check_concurrency(self, s: AsyncSession, owner_id: uuid.UUID) -> None:
-        """At most ``CONCURRENT_REPLIES`` of the owner's replies stream at once."""
-        limit = self._settings.concurrent_replies
-        if self._settings.limits and await queries.replies_streaming_for(s, owner_id) >= limit:
+    async def _within_limits(self, s: AsyncSession, owner_id: uuid.UUID) -> int | None:
+        """The daily quota (quota_exceeded, with the reset time, when spent) and at most
+        ``CONCURRENT_REPLIES`` replies streaming (else rate_limited), from one reading.
+        Returns the tokens the owner may still spend today (None: no quota)."""
+        settings = self._settings
+        if not settings.limits:
+            return None
+        today = await quota.today(s, owner_id, settings.daily_token_quota)
+        if today.quota is not None and today.used >= today.quota:
+            raise ChatError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"the daily quota of {today.quota} tokens is spent; it resets at 00:00 UTC",
+                retry_after_ms=quota.reset_ms(),
+            )
+        if today.streaming >= settings.concurrent_replies:
             metrics = self._context.metrics
             metrics.limits_hit.labels(metrics.replica, "concurrent_replies").inc()
             raise ChatError(
                 ErrorCode.RATE_LIMITED,
-                f"{limit} replies are already streaming for you; wait for one to end",
+                f"{settings.concurrent_replies} replies are already streaming for you;"
+                " wait for one to end",
                 retry_after_ms=1000,
             )
-
-    async def _token_budget(self, s: AsyncSession, owner_id: uuid.UUID) -> int | None:
-        """Tokens the owner may still spend today (None: no quota); quota_exceeded, with
-        the reset time, when none are left."""
-        if not self._settings.limits:
-            return None
-        today = await quota.today(s, owner_id, self._settings.daily_token_quota)
-        if today.quota is None:
-            return None
-        if today.used < today.quota:
-            return today.quota - today.used
-        raise ChatError(
-            ErrorCode.QUOTA_EXCEEDED,
-            f"the daily quota of {today.quota} tokens is spent; it resets at 00:00 UTC",
-            retry_after_ms=quota.reset_ms(),
-        )
+        return None if today.quota is None else today.quota - today.used
 
     async def _decide(
         self,

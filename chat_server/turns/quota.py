@@ -17,6 +17,7 @@ class Today:
     input_tokens: int
     output_tokens: int
     quota: int | None  # tokens a day; None: no quota
+    streaming: int = 0  # the owner's replies streaming now (CONCURRENT_REPLIES)
 
     @property
     def used(self) -> int:
@@ -26,11 +27,9 @@ class Today:
 async def today(s: AsyncSession, owner_id: uuid.UUID, setting: int) -> Today:
     """The owner's tokens of today and their quota: their override, else ``setting``
     (``DAILY_TOKEN_QUOTA``); 0 in either means no quota."""
-    usage, override = await queries.usage_today(s, owner_id)
-    quota = setting if override is None else override
-    if usage is None:
-        return Today(0, 0, quota or None)
-    return Today(usage.input_tokens, usage.output_tokens, quota or None)
+    now = await queries.standing(s, owner_id)
+    quota = setting if now.override is None else now.override
+    return Today(now.input_tokens, now.output_tokens, quota or None, now.streaming)
 
 
 def reset_ms(now: datetime | None = None) -> int:
