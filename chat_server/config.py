@@ -93,6 +93,7 @@ class Settings:
     daily_token_quota: int = 2_000_000  # DAILY_TOKEN_QUOTA: model tokens a user a day; 0: none
     frames_per_second: int = 50  # FRAMES_PER_SECOND: one connection's frames (burst 2x)
     handshakes_per_ip_per_s: int = 200  # HANDSHAKES_PER_IP_PER_S: new WebSockets (burst 10x)
+    requests_per_minute: int = 600  # REQUESTS_PER_MINUTE: a user's REST requests (429 over)
     connections_per_user: int = 50  # CONNECTIONS_PER_USER: a user's open sessions (4005 over)
     limits: bool = True  # LIMITS: off skips every limit and quota check (usage still counted)
     metrics: bool = True  # METRICS: off serves no /metrics and counts nothing
@@ -153,6 +154,7 @@ class Settings:
             handshakes_per_ip_per_s=r.number(
                 "HANDSHAKES_PER_IP_PER_S", d.handshakes_per_ip_per_s, int, 1
             ),
+            requests_per_minute=r.number("REQUESTS_PER_MINUTE", d.requests_per_minute, int, 1),
             connections_per_user=r.number("CONNECTIONS_PER_USER", d.connections_per_user, int, 1),
             limits=r.switch("LIMITS", d.limits),
             metrics=r.switch("METRICS", d.metrics),

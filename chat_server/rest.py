@@ -22,6 +22,7 @@ from starlette.routing import Route
 from chat_server.errors import HTTP_STATUS, ChatError
 from chat_server.runtime import Runtime
 from chat_server.wire import retry_after_header
+from protocol.errors import ErrorCode
 
 PREFIX = "/api/v1"
 T = TypeVar("T")
@@ -116,6 +117,12 @@ async def caller(request: Request) -> Caller:
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
     subject = runtime.auth.subject(token)  # ChatError(unauthorized): 401
+    per_minute = runtime.settings.requests_per_minute
+    wait_ms = await runtime.limiter.take(f"rest:{subject}", per_minute / 60, per_minute)
+    if wait_ms:  # 429 with Retry-After
+        runtime.metrics.limits_hit.labels(runtime.metrics.replica, "requests").inc()
+        message = f"more than {per_minute} requests a minute; try again in {wait_ms} ms"
+        raise ChatError(ErrorCode.RATE_LIMITED, message, retry_after_ms=wait_ms)
     return Caller(runtime, await runtime.users.resolve(subject), request)
 
 
@@ -189,7 +196,12 @@ def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
     for e in endpoints:
         path_ids = re.findall(r"{(\w+)}", e.path)
         responses: dict[str, Any] = {
-            "401": {"description": "missing or invalid bearer token", **error}
+            "401": {"description": "missing or invalid bearer token", **error},
+            "429": {
+                "description": "over REQUESTS_PER_MINUTE; retry after the Retry-After seconds",
+                "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                **error,
+            },
         }
         if e.body is not None:
             responses["400"] = {"description": "the body is not JSON", **error}

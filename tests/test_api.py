@@ -384,14 +384,14 @@ def test_openapi_documents_every_route(server: RunningServer) -> None:
         "AssistantIn"
     )
     # Every status an operation can answer, and none it cannot.
-    assert set(create["responses"]) == {"201", "400", "401", "422"}
+    assert set(create["responses"]) == {"201", "400", "401", "422", "429"}
     get_one = doc["paths"]["/api/v1/assistants/{assistant_id}"]["get"]
-    assert set(get_one["responses"]) == {"200", "401", "404"}
+    assert set(get_one["responses"]) == {"200", "401", "404", "429"}
     page = doc["paths"]["/api/v1/conversations/{conversation_id}/messages"]["get"]
-    assert set(page["responses"]) == {"200", "401", "404", "422"}
+    assert set(page["responses"]) == {"200", "401", "404", "422", "429"}
     assert {p["name"] for p in page["parameters"]} == {"conversation_id", "before_seq", "limit"}
     feedback = doc["paths"]["/api/v1/feedback"]["post"]
-    assert set(feedback["responses"]) == {"201", "400", "401", "404", "422"}
+    assert set(feedback["responses"]) == {"201", "400", "401", "404", "422", "429"}
     for ref in ("AssistantOut", "RouteOut", "ErrorOut", "MessageInfo"):
         assert ref in doc["components"]["schemas"]
 

@@ -134,6 +134,7 @@ async def test_limits_hold_across_two_replicas(
         TURNS_PER_MINUTE="3",
         CONCURRENT_REPLIES="1",
         HANDSHAKES_PER_IP_PER_S="2",
+        REQUESTS_PER_MINUTE="3",
     )
     user = new_user()
     on_a, on_b = await Client.connect(a.ws), await Client.connect(b.ws)
@@ -157,6 +158,12 @@ async def test_limits_hold_across_two_replicas(
     refused, _ = await on_b.until(Error)
     assert (refused.id, refused.code) == ("d", "rate_limited"), "3 a minute (b counted), A + B"
     assert refused.retry_after_ms
+
+    statuses = []
+    for replica in (a, b, a, b):
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {user}"}) as http:
+            statuses.append((await http.get(f"{replica.http}/api/v1/usage")).status_code)
+    assert statuses == [200, 200, 200, 429], "3 REST requests a minute, A + B"
 
     # Handshakes per IP: a burst of 20 (2/s), shared; this test already used a few.
     opened, status = [], None
@@ -266,3 +273,20 @@ async def test_limits_off_lets_everything_through_and_still_counts_usage(
         assert "METRICS=off" in off.text
     await client.close()
     await second.close()
+
+
+async def test_rest_requests_over_the_rate_get_429_with_retry_after(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    running = start_server(requests_per_minute=3)
+    user = new_user()
+    async with httpx.AsyncClient(
+        base_url=f"{running.http}/api/v1", headers={"Authorization": f"Bearer {user}"}
+    ) as http:
+        assert [(await http.get("/usage")).status_code for _ in range(3)] == [200] * 3
+        refused = await http.get("/assistants")
+        assert refused.status_code == 429
+        assert refused.json()["error"] == "rate_limited"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 20
+        other = await http.get("/usage", headers={"Authorization": f"Bearer {new_user()}"})
+        assert other.status_code == 200, "per user"
