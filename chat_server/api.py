@@ -115,6 +115,7 @@ async def create_assistant(c: Caller) -> Response:
             system_prompt=body.system_prompt,
             default_model=body.default_model or c.runtime.settings.gemini_model,
             complex_model=body.complex_model,
+            thinking_budget=body.thinking_budget,
         )
         s.add(assistant)
         await s.flush()
@@ -386,6 +387,7 @@ async def dry_run(c: Caller) -> Response:
             vector=vector,
             matcher=turns.matcher,
             assistant_id=body.assistant_id,
+            thinking=turns.thinking,
         )
     a = decision.analysis
     return respond(
@@ -400,6 +402,7 @@ async def dry_run(c: Caller) -> Response:
             language=a.language,
             kind=a.kind,
             complexity=a.complexity,
+            thinking_budget=decision.thinking_budget,
             why=decision.why,
             candidates=[
                 Candidate(

@@ -19,6 +19,8 @@ Title = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
 TurnText = Annotated[str, msgspec.Meta(min_length=1, max_length=16_000, pattern=NO_NUL)]
 Model = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[\w.\-/:]+$")]
 Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+# Thinking tokens for complex turns: 0 off, -1 the model decides.
+ThinkingBudget = Annotated[int, msgspec.Meta(ge=-1, le=32768)]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=200)]
 
 
@@ -32,6 +34,7 @@ class AssistantIn(_In):
     system_prompt: Prose = ""
     default_model: Model | None = None  # the server's GEMINI_MODEL when omitted
     complex_model: Model | None = None
+    thinking_budget: ThinkingBudget | None = None  # the THINKING_BUDGET setting when omitted
 
 
 class AssistantPatch(_In):
@@ -40,6 +43,7 @@ class AssistantPatch(_In):
     system_prompt: Prose | msgspec.UnsetType = msgspec.UNSET
     default_model: Model | msgspec.UnsetType = msgspec.UNSET
     complex_model: Model | msgspec.UnsetType | None = msgspec.UNSET
+    thinking_budget: ThinkingBudget | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class AssistantOut(msgspec.Struct, kw_only=True):
@@ -49,6 +53,7 @@ class AssistantOut(msgspec.Struct, kw_only=True):
     system_prompt: str
     default_model: str
     complex_model: str | None
+    thinking_budget: int | None
     created_at: datetime
     updated_at: datetime
 
@@ -150,6 +155,7 @@ class RouteOut(msgspec.Struct, kw_only=True):
     language: str
     kind: str
     complexity: str
+    thinking_budget: int  # 0 off, -1 the model decides
     why: str
     candidates: list[Candidate]  # nearest skills, best first
 

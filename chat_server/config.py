@@ -94,6 +94,10 @@ class Settings:
     frames_per_second: int = 50  # FRAMES_PER_SECOND: one connection's frames (burst 2x)
     handshakes_per_ip_per_s: int = 200  # HANDSHAKES_PER_IP_PER_S: new WebSockets (burst 10x)
     requests_per_minute: int = 600  # REQUESTS_PER_MINUTE: a user's REST requests (429 over)
+    # Thinking: complex turns get their assistant's budget (else THINKING_BUDGET), the
+    # rest FAST_THINKING_BUDGET, for a quick first token. 0: off; -1: the model decides.
+    thinking_budget: int = -1  # THINKING_BUDGET
+    fast_thinking_budget: int = 0  # FAST_THINKING_BUDGET
     connections_per_user: int = 50  # CONNECTIONS_PER_USER: a user's open sessions (4005 over)
     limits: bool = True  # LIMITS: off skips every limit and quota check (usage still counted)
     metrics: bool = True  # METRICS: off serves no /metrics and counts nothing
@@ -155,6 +159,10 @@ class Settings:
                 "HANDSHAKES_PER_IP_PER_S", d.handshakes_per_ip_per_s, int, 1
             ),
             requests_per_minute=r.number("REQUESTS_PER_MINUTE", d.requests_per_minute, int, 1),
+            thinking_budget=r.number("THINKING_BUDGET", d.thinking_budget, int, -1, 32768),
+            fast_thinking_budget=r.number(
+                "FAST_THINKING_BUDGET", d.fast_thinking_budget, int, -1, 32768
+            ),
             connections_per_user=r.number("CONNECTIONS_PER_USER", d.connections_per_user, int, 1),
             limits=r.switch("LIMITS", d.limits),
             metrics=r.switch("METRICS", d.metrics),

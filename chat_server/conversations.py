@@ -59,6 +59,7 @@ async def route(
     vector: list[float] | None,
     matcher: router.Matcher,
     assistant_id: uuid.UUID | None,
+    thinking: router.Thinking,
 ) -> tuple[Conversation | None, router.Decision]:
     """Which assistant and model answer ``text`` in the caller's conversation (or with no
     conversation, the team's default): the router's decision, for a turn or a dry run."""
@@ -71,5 +72,6 @@ async def route(
         matcher=matcher,
         default_assistant_id=conversation.default_assistant_id if conversation else None,
         explicit_assistant_id=assistant_id,
+        thinking=thinking,
     )
     return conversation, decision

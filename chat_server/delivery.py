@@ -57,6 +57,7 @@ class Delivery:
         self.feeds: dict[uuid.UUID, ConversationFeed] = {}
         self.replies = Replies()  # how much of each reply was queued, across feeds
         self.speech: Speech | None = None  # with hello.options.speech_chunks
+        self.thoughts = False  # with hello.options.thoughts: thought events are sent
         self._repairing: set[uuid.UUID] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -115,7 +116,7 @@ class Delivery:
     def deliver(self, event: Event) -> None:
         """Called by the hub for every event of a joined conversation; never blocks."""
         feed = self.feeds.get(event.conversation_id) if event.conversation_id else None
-        if feed is None:
+        if feed is None or (event.kind == "thought" and not self.thoughts):
             return
         if feed.state is FeedState.REPLAYING:
             if not feed.hold(event):

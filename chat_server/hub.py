@@ -24,6 +24,7 @@ from protocol.messages import (
     InputEvent,
     Message,
     Presence,
+    Thought,
     TurnEnd,
     TurnStart,
     TypingEvent,
@@ -35,6 +36,7 @@ Broadcast = (
     Message
     | TurnStart
     | Delta
+    | Thought
     | TurnEnd
     | InputEvent
     | TypingEvent

@@ -155,6 +155,7 @@ class Session:
         self.user_id = await self._rt.users.resolve(self.subject)
         await self._hold_place()
         self.options = hello.options
+        self.delivery.thoughts = hello.options.thoughts
         if hello.options.speech_chunks:
             wait_s = hello.options.speech_max_wait_ms / 1000
             self.delivery.speech = Speech(self.writer.push, wait_s)

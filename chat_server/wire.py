@@ -42,6 +42,7 @@ def route_info(decision: router.Decision) -> RouteInfo:
         language=analysis.language,
         kind=analysis.kind,
         complexity=analysis.complexity,
+        thinking_budget=decision.thinking_budget,
         why=decision.why,
     )
 

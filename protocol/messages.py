@@ -86,6 +86,9 @@ class SessionOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     speech_max_wait_ms: Annotated[int, msgspec.Meta(ge=50, le=10_000)] = 700
     # Partial transcripts prepare the turn (route, history) before the final one.
     early_routing: bool = True
+    # The model's thought summaries stream as ``thought`` events (never in the reply's
+    # text, never stored); without it they are not sent to this connection.
+    thoughts: bool = False
 
 
 class Hello(_Frame, tag="hello", kw_only=True):
@@ -211,7 +214,8 @@ class Ack(_Frame, tag="ack", kw_only=True):
 
 class Usage(msgspec.Struct, omit_defaults=True, kw_only=True):
     input_tokens: int = 0
-    output_tokens: int = 0
+    output_tokens: int = 0  # the reply's tokens, thinking not included
+    thought_tokens: int = 0  # the model's thinking (billed, and counted in quotas)
 
 
 class RouteInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -230,6 +234,9 @@ class RouteInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     language: str | None = None  # ja | en | zh | ko | other
     kind: str | None = None  # schedule | research | write | translate | code | finance | chat
     complexity: str | None = None  # low | medium | high
+    # Tokens the model may think before answering: 0 off, -1 the model decides. Simple
+    # turns get the low-latency budget, complex ones their assistant's.
+    thinking_budget: int | None = None
     why: str | None = None  # one human-readable sentence
 
 
@@ -279,6 +286,16 @@ class Delta(_Frame, tag="delta", kw_only=True):
     conversation_id: uuid.UUID
     turn_id: uuid.UUID
     offset: int
+    text: str
+
+
+class Thought(_Frame, tag="thought", kw_only=True):
+    """A piece of the model's thought summary for a reply, before its text; only to
+    connections that asked (``hello.options.thoughts``), never stored or replayed."""
+
+    conversation_id: uuid.UUID
+    turn_id: uuid.UUID
+    offset: int  # where ``text`` starts in the reply's thought summary so far
     text: str
 
 
@@ -360,6 +377,7 @@ ServerMessage = (
     | Message
     | TurnStart
     | Delta
+    | Thought
     | TurnEnd
     | InputEvent
     | TypingEvent

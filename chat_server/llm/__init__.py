@@ -25,6 +25,8 @@ class LLMRequest:
     system_prompt: str
     history: Sequence[ChatTurn]  # oldest first; the last one is the user's new turn
     max_output_tokens: int
+    thinking_budget: int | None = None  # 0 off, -1 the model decides; None: the model's default
+    include_thoughts: bool = False  # thought summaries, as ``LLMChunk.thought``
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,8 @@ class LLMChunk:
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    thought: str = ""  # a piece of the thought summary (never part of ``text``)
+    thought_tokens: int | None = None
 
 
 class LLMError(Exception):

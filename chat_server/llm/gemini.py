@@ -108,6 +108,11 @@ class GeminiProvider:
             system_instruction=request.system_prompt or None,
             max_output_tokens=request.max_output_tokens,
         )
+        if request.thinking_budget is not None:
+            config["thinking_config"] = types.ThinkingConfigDict(
+                thinking_budget=request.thinking_budget,
+                include_thoughts=request.include_thoughts and request.thinking_budget != 0,
+            )
         try:
             response = await self._client.aio.models.generate_content_stream(
                 model=request.model, contents=contents, config=config
@@ -123,24 +128,29 @@ class GeminiProvider:
 
 
 def _convert(chunk: types.GenerateContentResponse) -> LLMChunk:
-    text = ""
+    text = thought = ""
     finish: str | None = None
     if chunk.candidates:
         candidate = chunk.candidates[0]
         if candidate.content and candidate.content.parts:
-            text = "".join(p.text for p in candidate.content.parts if p.text and not p.thought)
+            parts = candidate.content.parts
+            text = "".join(p.text for p in parts if p.text and not p.thought)
+            thought = "".join(p.text for p in parts if p.text and p.thought)
         if candidate.finish_reason is not None:
             finish = _FINISH.get(candidate.finish_reason, "error")
     elif chunk.prompt_feedback and chunk.prompt_feedback.block_reason:
         finish = "safety"
     # json.loads lets lone surrogates through; they cannot be encoded back to UTF-8.
     text = text.encode("utf-8", "replace").decode("utf-8")
+    thought = thought.encode("utf-8", "replace").decode("utf-8")
     usage = chunk.usage_metadata
     return LLMChunk(
         text=text,
         finish_reason=finish,
         input_tokens=usage.prompt_token_count if usage else None,
         output_tokens=usage.candidates_token_count if usage else None,
+        thought=thought,
+        thought_tokens=usage.thoughts_token_count if usage else None,
     )
 
 

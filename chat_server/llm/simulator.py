@@ -9,6 +9,8 @@ directive in its last user text, e.g. ``[[sim ttft_ms=0 tps=500 fail=cut after=3
 
 - ``ttft_ms``, ``tps`` (tokens per second), ``chunk`` (tokens per SSE event),
   ``tokens`` (length of the default reply), ``reply="exact text"``;
+- ``think_tokens`` (how long the model thinks when it decides for itself) and
+  ``think_tps`` (thinking tokens per second);
 - ``stamp=1``: each chunk's text starts with ``<t=UNIX_SECONDS>``, the wall-clock time
   it was emitted, so a load client on the same machine can measure what the server
   adds per chunk (``STAMP`` finds them);
@@ -16,6 +18,13 @@ directive in its last user text, e.g. ``[[sim ttft_ms=0 tps=500 fail=cut after=3
   dropped after ``after`` tokens), ``stall`` (stops sending after ``after`` tokens),
   ``safety`` | ``length`` (finish reason SAFETY / MAX_TOKENS after ``after`` tokens),
   ``error_chunk`` (an in-stream ``error`` object after ``after`` tokens).
+
+Thinking follows the request's ``generationConfig.thinkingConfig`` like Gemini 2.5:
+``thinkingBudget`` 0 thinks not at all, -1 (or none given: 2.5 Flash thinks by default)
+thinks ``think_tokens``, a budget thinks up to it. Thinking delays the first text token
+by its tokens at ``think_tps``; with ``includeThoughts`` a thought summary streams as
+``thought: true`` parts meanwhile, and ``usageMetadata.thoughtsTokenCount`` says how
+many tokens thinking took.
 
 ``GET /_sim/requests`` returns the requests received (newest last), so tests can check
 exactly what a model was sent; ``DELETE /_sim/requests`` clears them.
@@ -88,6 +97,8 @@ class SimConfig:
     fail: str | None = None
     fail_after: int = 5
     stamp: bool = False
+    think_tokens: int = 256  # thinking when the model decides (budget -1 or none given)
+    think_tps: float = 2000.0  # fast by default; Gemini 2.5 Flash takes seconds
 
 
 class _Abort(Exception):
@@ -129,6 +140,10 @@ def _apply_directive(config: SimConfig, text: str) -> SimConfig:
             changes["fail_after"] = int(value)
         elif key == "stamp":
             changes["stamp"] = value not in ("0", "false")
+        elif key == "think_tokens":
+            changes["think_tokens"] = max(0, int(value))
+        elif key == "think_tps":
+            changes["think_tps"] = max(0.001, float(value))
     return replace(config, **changes)
 
 
@@ -141,8 +156,35 @@ def _reply_tokens(config: SimConfig, prompt: str) -> list[str]:
     return (head + filler)[: max(config.reply_tokens, 1)]
 
 
-def _chunk(text: str, finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
-    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]}}
+def _thinking(cfg: SimConfig, body: dict[str, Any]) -> tuple[int, bool]:
+    """Tokens the model thinks for this request, and whether it shows a summary."""
+    generation = body.get("generationConfig") or {}
+    # Proto JSON takes either spelling, like the real API; google-genai sends a nested
+    # config dict's keys as given (snake_case).
+    config = generation.get("thinkingConfig") or generation.get("thinking_config") or {}
+    budget = config.get("thinkingBudget", config.get("thinking_budget", -1))
+    if not isinstance(budget, int) or budget == 0:
+        return 0, False
+    tokens = cfg.think_tokens if budget < 0 else min(budget, cfg.think_tokens)
+    return tokens, bool(config.get("includeThoughts", config.get("include_thoughts")))
+
+
+def _summary(prompt: str) -> list[str]:
+    said = _DIRECTIVE.sub("", prompt).strip()[:40]
+    text = f"**Understanding the request** The user asks: {said}. I will answer it directly."
+    words = _TOKEN.findall(text)
+    return ["".join(words[i : i + 4]) for i in range(0, len(words), 4)]
+
+
+def _chunk(
+    text: str,
+    finish: str | None = None,
+    usage: dict[str, int] | None = None,
+    *,
+    thought: bool = False,
+) -> bytes:
+    part: dict[str, Any] = {"text": text, "thought": True} if thought else {"text": text}
+    candidate: dict[str, Any] = {"content": {"role": "model", "parts": [part]}}
     if finish:
         candidate["finishReason"] = finish
     body: dict[str, Any] = {"candidates": [candidate], "modelVersion": "simulator"}
@@ -188,12 +230,18 @@ def create_simulator(config: SimConfig | None = None) -> Starlette:
             "candidatesTokenCount": len(tokens),
             "totalTokenCount": 0,
         }
+        thinking, summarize = _thinking(cfg, body)
+        if thinking:
+            usage["thoughtsTokenCount"] = thinking
         usage["totalTokenCount"] = usage["promptTokenCount"] + usage["candidatesTokenCount"]
+        usage["totalTokenCount"] += thinking
+        think_s = thinking / cfg.think_tps
         if method == "generateContent":
-            await asyncio.sleep(cfg.ttft_s)
+            await asyncio.sleep(cfg.ttft_s + think_s)
             return _json(orjson.loads(_chunk("".join(tokens), finish, usage)[6:]))
+        summary = _summary(prompt) if summarize else []
         return StreamingResponse(
-            _stream(cfg, tokens, finish, usage), media_type="text/event-stream"
+            _stream(cfg, tokens, finish, usage, think_s, summary), media_type="text/event-stream"
         )
 
     async def requests_log(request: Request) -> Response:
@@ -239,9 +287,18 @@ def _sim_vector(text: str, dim: int) -> list[float]:
 
 
 async def _stream(
-    cfg: SimConfig, tokens: list[str], finish: str, usage: dict[str, int]
+    cfg: SimConfig,
+    tokens: list[str],
+    finish: str,
+    usage: dict[str, int],
+    think_s: float = 0.0,
+    summary: list[str] | None = None,
 ) -> AsyncIterator[bytes]:
-    await asyncio.sleep(cfg.ttft_s)
+    pieces = summary or []
+    for thought in pieces:  # the thought summary, spread over the thinking
+        await asyncio.sleep(think_s / len(pieces))
+        yield _chunk(thought, thought=True)
+    await asyncio.sleep(cfg.ttft_s + (0.0 if pieces else think_s))
     interval = cfg.chunk_tokens / cfg.tokens_per_s if cfg.tokens_per_s > 0 else 0.0
     stop_at = min(cfg.fail_after, len(tokens)) if cfg.fail else len(tokens)
     started = time.monotonic()

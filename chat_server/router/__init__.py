@@ -39,12 +39,21 @@ CANDIDATES = 5  # nearest skills looked at (and reported by a dry run)
 
 
 @dataclass(frozen=True, slots=True)
+class Thinking:
+    """The deployment's thinking budgets (``THINKING_BUDGET``, ``FAST_THINKING_BUDGET``)."""
+
+    default: int = -1  # complex turns of an assistant without a budget of its own
+    fast: int = 0  # every other turn: a thinking model's first token in ~0.5 s, not ~8 s
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     assistant: Assistant
     model: str
     reason: str  # explicit | skill | default | fallback
     analysis: Analysis
     why: str
+    thinking_budget: int = 0
     skill: str | None = None
     skill_id: uuid.UUID | None = None
     score: float | None = None
@@ -121,6 +130,14 @@ def pick_model(assistant: Assistant, analysis: Analysis) -> tuple[str, str]:
     return assistant.default_model, f"{analysis.complexity} complexity"
 
 
+def pick_thinking(assistant: Assistant, analysis: Analysis, thinking: Thinking) -> int:
+    """Step 4a too: the assistant's thinking budget for complex turns, the low-latency
+    one for the rest."""
+    if analysis.complexity != "high":
+        return thinking.fast
+    return thinking.default if assistant.thinking_budget is None else assistant.thinking_budget
+
+
 def fit_history(turns: Sequence[ChatTurn], budget_tokens: int) -> list[ChatTurn]:
     """Step 4b: the newest turns whose estimated tokens fit the budget; the last turn
     (the user's new one) is always kept."""
@@ -145,6 +162,7 @@ async def route(
     matcher: Matcher,
     default_assistant_id: uuid.UUID | None,
     explicit_assistant_id: uuid.UUID | None,
+    thinking: Thinking = Thinking(),
 ) -> Decision:
     analysis = analyse(text)
     hits: list[queries.SkillHit] = []
@@ -178,12 +196,14 @@ async def route(
             raise ChatError(ErrorCode.NOT_FOUND, "this user has no assistant to answer")
         reason, why = "fallback", why + " (none set: the first assistant answers)"
     model, model_why = pick_model(assistant, analysis)
+    budget = pick_thinking(assistant, analysis, thinking)
     return Decision(
         assistant=assistant,
         model=model,
         reason=reason,
         analysis=analysis,
-        why=f"{why}; {model_why} -> {model}",
+        why=f"{why}; {model_why} -> {model}, thinking budget {budget}",
+        thinking_budget=budget,
         skill=choice.hit.skill if choice.hit else None,
         skill_id=choice.hit.skill_id if choice.hit else None,
         score=round(choice.hit.score, 4) if choice.hit else None,

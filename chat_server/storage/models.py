@@ -15,6 +15,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
     String,
     Text,
     UniqueConstraint,
@@ -75,6 +76,9 @@ class Assistant(Base):
     default_model: Mapped[str] = mapped_column(String(100))
     # Used instead of default_model for turns the router judges complex; None: no switch.
     complex_model: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # Thinking tokens for its complex turns (0 off, -1 the model decides); None: the
+    # THINKING_BUDGET setting.
+    thinking_budget: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -82,6 +82,7 @@ class Turns:
             running=self._running,
         )
         self.matcher = self.intake.matcher
+        self.thinking = self.intake.thinking
         self.embed_turn = self.intake.embed_turn
         self.prepare = self.intake.prepare
         self.cancel = self.liveness.cancel

@@ -91,7 +91,8 @@ class Finals:
         """The final write, and the reply's tokens added to its owner's usage of the day
         in the same transaction (only by the write that wins: counted once)."""
         delay, warned_at = 0.1, 0.0
-        spent = (usage.input_tokens, usage.output_tokens)
+        # Thinking is billed as output, so a quota counts it there.
+        spent = (usage.input_tokens, usage.output_tokens + usage.thought_tokens)
         while True:
             try:
                 async with self._db.begin() as s:

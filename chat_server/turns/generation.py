@@ -33,7 +33,15 @@ from chat_server.turns.final import Finals
 from chat_server.wire import message_info
 from protocol import encode
 from protocol.errors import ErrorCode
-from protocol.messages import Delta, ErrorInfo, FinishReason, Message, TurnStart, Usage
+from protocol.messages import (
+    Delta,
+    ErrorInfo,
+    FinishReason,
+    Message,
+    Thought,
+    TurnStart,
+    Usage,
+)
 
 # The logger operators filter on for the one line per turn; stable across refactors.
 log = logging.getLogger("chat_server.turns")
@@ -216,7 +224,10 @@ class Generation:
             system_prompt=self._system_prompt,
             history=router.fit_history(history, settings.history_tokens),
             max_output_tokens=settings.max_output_tokens,
+            thinking_budget=self.start.route.thinking_budget,
+            include_thoughts=True,  # published as thought events; only asking devices get them
         )
+        thought_chars = 0
         usage = Usage()
         ctx.metrics.model_requests_c.inc()
         requested = time.monotonic()
@@ -238,7 +249,19 @@ class Generation:
                     usage.input_tokens = chunk.input_tokens
                 if chunk.output_tokens is not None:
                     usage.output_tokens = chunk.output_tokens
+                if chunk.thought_tokens is not None:
+                    usage.thought_tokens = chunk.thought_tokens
                 self._check_budget(usage)
+                if chunk.thought:
+                    await ctx.hub.publish(
+                        Thought(
+                            conversation_id=self.conversation_id,
+                            turn_id=self.turn_id,
+                            offset=thought_chars,
+                            text=chunk.thought,
+                        )
+                    )
+                    thought_chars += len(chunk.thought)
                 if chunk.text:
                     if self._first_token_at is None:
                         self._first_token_at = now = time.monotonic()
@@ -268,8 +291,12 @@ class Generation:
         if self._token_budget is None:
             return
         output = max(usage.output_tokens, len(self.text) // 4)
-        if usage.input_tokens + output >= self._token_budget:
-            spent = Usage(input_tokens=usage.input_tokens, output_tokens=output)
+        if usage.input_tokens + output + usage.thought_tokens >= self._token_budget:
+            spent = Usage(
+                input_tokens=usage.input_tokens,
+                output_tokens=output,
+                thought_tokens=usage.thought_tokens,
+            )
             raise QuotaReached(spent, quota.reset_ms())
 
     # ------------------------------------------------------------------ sharing the text

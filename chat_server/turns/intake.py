@@ -76,6 +76,7 @@ class Intake:
         self._inflight = inflight
         self.embedder = embedder
         self.matcher = router.Matcher(embedder)
+        self.thinking = router.Thinking(settings.thinking_budget, settings.fast_thinking_budget)
         self._settings = settings
         self._context = context
 
@@ -215,6 +216,7 @@ class Intake:
             vector=vector,
             matcher=self.matcher,
             assistant_id=assistant_id,
+            thinking=self.thinking,
         )
         assert conversation is not None
         return conversation, decision

@@ -190,6 +190,7 @@ export interface RouteInfo {
     score?: number | null;
     skill?: string | null;
     skill_id?: string | null;
+    thinking_budget?: number | null;
     why?: string | null;
 }
 /** A user turn. ``id`` is the idempotency key: resending it returns the first ack. */
@@ -206,6 +207,16 @@ export interface SessionOptions {
     interrupt_on?: InterruptOn;
     speech_chunks?: boolean;
     speech_max_wait_ms?: number;
+    thoughts?: boolean;
+}
+/** A piece of the model's thought summary for a reply, before its text; only to
+ * connections that asked (``hello.options.thoughts``), never stored or replayed. */
+export interface Thought {
+    conversation_id: string;
+    offset: number;
+    text: string;
+    turn_id: string;
+    type: "thought";
 }
 export interface TurnEnd {
     conversation_id: string;
@@ -243,6 +254,7 @@ export interface TypingEvent {
 export interface Usage {
     input_tokens?: number;
     output_tokens?: number;
+    thought_tokens?: number;
 }
 export interface Welcome {
     heartbeat_ms: number;
@@ -255,7 +267,7 @@ export interface Welcome {
     user_id: string;
 }
 export type ClientMessage = Hello | Join | Send | Input | Cancel | History | Leave | Typing | Ping;
-export type ServerMessage = Welcome | Joined | Ack | Message | TurnStart | Delta | TurnEnd | InputEvent | TypingEvent | Presence | ConversationUpdated | HistoryPage | Left | Pong | GoAway | ErrorFrame;
+export type ServerMessage = Welcome | Joined | Ack | Message | TurnStart | Delta | Thought | TurnEnd | InputEvent | TypingEvent | Presence | ConversationUpdated | HistoryPage | Left | Pong | GoAway | ErrorFrame;
 export interface CloseCodeInfo {
     name: string;
     meaning: string;

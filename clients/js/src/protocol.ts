@@ -221,6 +221,7 @@ export interface RouteInfo {
   score?: number | null;
   skill?: string | null;
   skill_id?: string | null;
+  thinking_budget?: number | null;
   why?: string | null;
 }
 
@@ -239,6 +240,17 @@ export interface SessionOptions {
   interrupt_on?: InterruptOn;
   speech_chunks?: boolean;
   speech_max_wait_ms?: number;
+  thoughts?: boolean;
+}
+
+/** A piece of the model's thought summary for a reply, before its text; only to
+ * connections that asked (``hello.options.thoughts``), never stored or replayed. */
+export interface Thought {
+  conversation_id: string;
+  offset: number;
+  text: string;
+  turn_id: string;
+  type: "thought";
 }
 
 export interface TurnEnd {
@@ -281,6 +293,7 @@ export interface TypingEvent {
 export interface Usage {
   input_tokens?: number;
   output_tokens?: number;
+  thought_tokens?: number;
 }
 
 export interface Welcome {
@@ -312,6 +325,7 @@ export type ServerMessage =
   | Message
   | TurnStart
   | Delta
+  | Thought
   | TurnEnd
   | InputEvent
   | TypingEvent

@@ -1,0 +1,147 @@
+"""Thinking: the simulator thinks like Gemini 2.5 (delay by budget, thought summaries,
+thought tokens in usage), through the real google-genai client; the router gives simple
+turns the low-latency budget and complex ones their assistant's; thought summaries reach
+only the devices that asked, as their own events, and are never the reply's text."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from chat_server.llm import ChatTurn, LLMChunk, LLMRequest
+from chat_server.llm.gemini import GeminiProvider
+from chat_server.storage.models import Message as MessageRow
+from protocol.messages import (
+    Ack,
+    Hello,
+    Join,
+    Joined,
+    Send,
+    SessionOptions,
+    Thought,
+    TurnEnd,
+    TurnStart,
+    Welcome,
+)
+from tests.servers import RunningServer
+from tests.wsclient import Client, directive, new_user
+
+pytestmark = pytest.mark.asyncio
+
+COMPLEX = "Compare these two plans in detail, step by step, and analyze the risks."
+
+
+async def stream(simulator: RunningServer, text: str, **thinking: Any) -> list[LLMChunk]:
+    provider = GeminiProvider(api_key="k", base_url=simulator.http, attempts=1)
+    request = LLMRequest(
+        model="gemini-2.5-flash",
+        system_prompt="",
+        history=[ChatTurn(role="user", text=text)],
+        max_output_tokens=500,
+        **thinking,
+    )
+    try:
+        return [chunk async for chunk in provider.stream(request)]
+    finally:
+        await provider.aclose()
+
+
+async def test_the_simulator_thinks_by_budget_and_counts_thought_tokens(
+    simulator: RunningServer, sim_requests: Callable[[], list[dict[str, Any]]]
+) -> None:
+    slow = directive(tokens=5, think_tps=1000, think_tokens=300)
+    await stream(simulator, "warm the client up [[sim tokens=1]]", thinking_budget=0)
+    timed = {}
+    for budget in (0, 100, -1):
+        started = time.monotonic()
+        chunks = await stream(simulator, f"hi {slow}", thinking_budget=budget)
+        timed[budget] = time.monotonic() - started
+        last = chunks[-1]
+        assert last.thought_tokens == {0: None, 100: 100, -1: 300}[budget]
+        assert not any(c.thought for c in chunks), "no summary unless asked"
+    config = [r["body"]["generationConfig"]["thinkingConfig"] for r in sim_requests()]
+    assert [c["thinking_budget"] for c in config][1:] == [0, 100, -1]
+    # 300 thinking tokens at 1000/s delay the reply by 0.3 s (a loose bound, not a speed)
+    assert timed[-1] - timed[0] >= 0.2, timed
+
+    chunks = await stream(simulator, f"hi {slow}", thinking_budget=-1, include_thoughts=True)
+    thoughts = [c.thought for c in chunks if c.thought]
+    assert len(thoughts) >= 2, "the summary streams in pieces"
+    assert "".join(thoughts).startswith("**Understanding the request**")
+    first_text = next(i for i, c in enumerate(chunks) if c.text)
+    assert all(not c.thought for c in chunks[first_text:]), "thoughts come before the text"
+    assert not any("Understanding" in c.text for c in chunks), "never mixed into the text"
+
+
+async def test_simple_turns_get_the_fast_budget_and_complex_ones_the_assistants(
+    server: RunningServer, sim_requests: Callable[[], list[dict[str, Any]]]
+) -> None:
+    user = new_user()
+    client = await Client.connect(server.ws)
+    await client.hello(user)
+    cid = await client.create()
+    async with httpx.AsyncClient(
+        base_url=f"{server.http}/api/v1", headers={"Authorization": f"Bearer {user}"}
+    ) as http:
+        assistant = (await http.get("/assistants")).json()[0]
+        patched = await http.patch(f"/assistants/{assistant['id']}", json={"thinking_budget": 512})
+        assert patched.json()["thinking_budget"] == 512
+        dry = (await http.post("/route", json={"text": COMPLEX})).json()
+        assert (dry["complexity"], dry["thinking_budget"]) == ("high", 512)
+    budgets = []
+    for n, text in enumerate(("hi there", COMPLEX)):
+        await client.send(Send(id=str(n), conversation_id=cid, text=text))
+        start, _ = await client.until(TurnStart)
+        budgets.append((start.route.complexity, start.route.thinking_budget))
+        await client.until(TurnEnd)
+    assert budgets == [("low", 0), ("high", 512)]
+    sent = [r["body"]["generationConfig"]["thinkingConfig"] for r in sim_requests()]
+    assert [c["thinking_budget"] for c in sent] == [0, 512]
+    assert sent[1]["include_thoughts"] is True
+    await client.close()
+
+
+async def test_thought_summaries_reach_only_devices_that_asked_and_are_not_stored(
+    server: RunningServer, db: async_sessionmaker[AsyncSession]
+) -> None:
+    user = new_user()
+    watcher, plain = await Client.connect(server.ws), await Client.connect(server.ws)
+    await watcher.send(Hello(token=user, options=SessionOptions(thoughts=True)))
+    await watcher.expect(Welcome)
+    await plain.hello(user)
+    cid = await watcher.create()
+    await plain.send(Join(conversation_id=cid))
+    await plain.expect(Joined)
+    await watcher.send(Send(id="c", conversation_id=cid, text=COMPLEX + " " + directive(tokens=8)))
+    await watcher.expect(Ack)
+    end, frames = await watcher.until(TurnEnd)
+    thoughts = [f for f in frames if isinstance(f, Thought)]
+    assert thoughts, "the watcher asked for thoughts"
+    summary = "".join(t.text for t in thoughts)
+    assert [t.offset for t in thoughts] == [
+        len("".join(t.text for t in thoughts[:i])) for i in range(len(thoughts))
+    ]
+    assert "Understanding the request" in summary
+    assert "Understanding" not in end.message.text
+    assert end.usage.thought_tokens > 0
+    _, plain_frames = await plain.until(TurnEnd)
+    assert not any(isinstance(f, Thought) for f in plain_frames), "not asked: not sent"
+    async with db() as s:
+        stored = await s.get(MessageRow, end.turn_id)
+    assert stored is not None
+    assert stored.text == end.message.text
+    assert "Understanding" not in stored.text
+    assert stored.meta["usage"]["thought_tokens"] == end.usage.thought_tokens
+    async with httpx.AsyncClient(
+        base_url=f"{server.http}/api/v1", headers={"Authorization": f"Bearer {user}"}
+    ) as http:
+        usage = (await http.get("/usage")).json()
+    spent = end.usage.input_tokens + end.usage.output_tokens + end.usage.thought_tokens
+    assert usage["used"] == spent, "thinking counts toward the quota"
+    await asyncio.gather(watcher.close(), plain.close())
