@@ -23,12 +23,13 @@ from chat_server.feed import ConversationFeed, FeedState, Replies
 from chat_server.hub import Event
 from chat_server.inflight import Inflight, InflightTurn, started
 from chat_server.metrics import Metrics
+from chat_server.smooth import Smoother
 from chat_server.speech import Speech
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
 from chat_server.wire import message_info
 from protocol.errors import CloseCode
-from protocol.messages import ConversationInfo, Delta, Join, Joined, Message
+from protocol.messages import ConversationInfo, Delta, Join, Joined, Message, SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,18 @@ class Delivery:
         self.replies = Replies()  # how much of each reply was queued, across feeds
         self.speech: Speech | None = None  # with hello.options.speech_chunks
         self.thoughts = False  # with hello.options.thoughts: thought events are sent
+        self.smooth: Smoother | None = None  # with hello.options.smooth_streaming
         self._repairing: set[uuid.UUID] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def configure(self, options: SessionOptions, emit: Callable[[Event], None]) -> None:
+        """The filters ``hello.options`` asked for: speech chunks (which win over smooth
+        streaming: phrases, not words), smooth streaming, thought events."""
+        self.thoughts = options.thoughts
+        if options.speech_chunks:
+            self.speech = Speech(emit, options.speech_max_wait_ms / 1000)
+        elif options.smooth_streaming:
+            self.smooth = Smoother(emit)
 
     def open(self, conversation_id: uuid.UUID, offsets: dict[uuid.UUID, int]) -> ConversationFeed:
         """A feed for a conversation being joined (REPLAYING); ``offsets``: how much of
@@ -142,6 +153,13 @@ class Delivery:
                     continue
                 if out.kind in ("message", "turn_end"):
                     self.speech.end(out.turn_id)  # what it holds goes out first
+            elif self.smooth is not None and out.turn_id is not None:
+                if out.kind == "delta":
+                    self.smooth.push(out)
+                    continue
+                if out.kind in ("message", "turn_end") and self.smooth.holds(out.turn_id):
+                    self.smooth.end(out)  # after the text it still holds
+                    continue
             self._enqueue(out)
 
     async def running(self, conversation_id: uuid.UUID) -> list[InflightTurn]:
@@ -166,6 +184,8 @@ class Delivery:
             task.cancel()
         if self.speech is not None:
             self.speech.close()
+        if self.smooth is not None:
+            self.smooth.close()
 
     def _accept_rows(self, conversation_id: uuid.UUID, rows: list[MessageRow]) -> None:
         for row in rows:

@@ -23,7 +23,6 @@ from chat_server.outbox import Outbox
 from chat_server.presence import Device
 from chat_server.relay import LiveEvent, Relay
 from chat_server.runtime import Runtime
-from chat_server.speech import Speech
 from chat_server.turns import TurnRequest
 from chat_server.voice import Voice
 from chat_server.wire import message_info
@@ -155,10 +154,7 @@ class Session:
         self.user_id = await self._rt.users.resolve(self.subject)
         await self._hold_place()
         self.options = hello.options
-        self.delivery.thoughts = hello.options.thoughts
-        if hello.options.speech_chunks:
-            wait_s = hello.options.speech_max_wait_ms / 1000
-            self.delivery.speech = Speech(self.writer.push, wait_s)
+        self.delivery.configure(hello.options, self.writer.push)
         self.state = SessionState.READY
         s = self._rt.settings
         limits = Limits(

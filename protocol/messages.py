@@ -89,6 +89,9 @@ class SessionOptions(msgspec.Struct, omit_defaults=True, kw_only=True):
     # The model's thought summaries stream as ``thought`` events (never in the reply's
     # text, never stored); without it they are not sent to this connection.
     thoughts: bool = False
+    # Model bursts re-split into words (characters for Japanese) and paced evenly; the
+    # end of a reply is at most 300 ms later. Ignored with speech_chunks (phrases win).
+    smooth_streaming: bool = False
 
 
 class Hello(_Frame, tag="hello", kw_only=True):

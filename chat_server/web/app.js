@@ -56,7 +56,9 @@ async function start() {
     client: "web",
     // Voice: replies arrive in phrase-sized chunks to speak, and the user speaking over a
     // reply (the first partial transcript) interrupts it where it was heard.
-    options: voiceOn ? { speech_chunks: true, interrupt_on: "partial", early_routing: true } : {},
+    options: voiceOn
+      ? { speech_chunks: true, interrupt_on: "partial", early_routing: true }
+      : { smooth_streaming: true }, // text flows word by word, not in model bursts
   });
   client.on("delta", speak);
   client.on("status", showStatus);

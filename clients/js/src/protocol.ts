@@ -238,6 +238,7 @@ export interface Send {
 export interface SessionOptions {
   early_routing?: boolean;
   interrupt_on?: InterruptOn;
+  smooth_streaming?: boolean;
   speech_chunks?: boolean;
   speech_max_wait_ms?: number;
   thoughts?: boolean;
