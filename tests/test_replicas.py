@@ -25,16 +25,20 @@ from protocol.messages import (
     Cancel,
     Delta,
     GoAway,
+    Hello,
     Input,
     Join,
     Joined,
     Message,
     Send,
     ServerMessage,
+    SessionOptions,
+    Thought,
     TurnEnd,
     TurnStart,
     Typing,
     TypingEvent,
+    Welcome,
 )
 from tests.replicas import Replica
 from tests.wsclient import Client, directive, new_user, reply_text
@@ -398,3 +402,30 @@ async def test_no_acknowledged_message_is_lost_when_a_replica_dies_under_load(
         f"replies ended by the sweeper as errors: {errors}"
     )
     assert lost == 0
+
+
+async def test_thoughts_and_smooth_text_reach_a_device_on_the_other_replica(
+    replicas: Callable[..., list[Replica]],
+) -> None:
+    a, b = replicas(2)
+    user = new_user()
+    sender = await on(a, user)
+    watcher = await Client.connect(b.ws)
+    options = SessionOptions(thoughts=True, smooth_streaming=True)
+    await watcher.send(Hello(token=user, options=options))
+    await watcher.expect(Welcome)
+    cid = await sender.create()
+    await join(watcher, cid)
+    complex_turn = "Compare both offers in detail, step by step. " + directive(
+        tokens=40, chunk=20, tps=80
+    )
+    await sender.send(Send(id="1", conversation_id=cid, text=complex_turn))
+    await sender.expect(Ack)
+    end, frames = await watcher.until(TurnEnd)
+    assert end.usage.thought_tokens > 0
+    assert any(isinstance(f, Thought) for f in frames), "thoughts cross the bus"
+    words = deltas(frames)
+    assert "".join(text for _, text in words) == end.message.text
+    assert len(words) > 2, "bursts of 20 tokens arrive as words"
+    await sender.close()
+    await watcher.close()

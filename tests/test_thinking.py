@@ -79,6 +79,19 @@ async def test_the_simulator_thinks_by_budget_and_counts_thought_tokens(
     assert not any("Understanding" in c.text for c in chunks), "never mixed into the text"
 
 
+async def test_the_simulator_streams_chunks_of_the_size_asked_with_usage(
+    simulator: RunningServer,
+) -> None:
+    for chunk, tokens in ((1, 10), (32, 100), (64, 100)):
+        chunks = await stream(simulator, "hi " + directive(tokens=tokens, chunk=chunk, tps=5000))
+        texts = [c.text for c in chunks if c.text]
+        sizes = [len(pieces) for pieces in (t.split() for t in texts)]
+        assert sizes == [chunk] * (tokens // chunk) + ([tokens % chunk] if tokens % chunk else [])
+        assert chunks[-1].output_tokens == tokens
+        assert chunks[-1].input_tokens is not None
+        assert chunks[-1].input_tokens > 0
+
+
 async def test_simple_turns_get_the_fast_budget_and_complex_ones_the_assistants(
     server: RunningServer, sim_requests: Callable[[], list[dict[str, Any]]]
 ) -> None:
