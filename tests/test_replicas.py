@@ -25,7 +25,6 @@ from protocol.messages import (
     Cancel,
     Delta,
     GoAway,
-    Hello,
     Input,
     Join,
     Joined,
@@ -38,7 +37,6 @@ from protocol.messages import (
     TurnStart,
     Typing,
     TypingEvent,
-    Welcome,
 )
 from tests.replicas import Replica
 from tests.wsclient import Client, directive, new_user, reply_text
@@ -411,9 +409,7 @@ async def test_thoughts_and_smooth_text_reach_a_device_on_the_other_replica(
     user = new_user()
     sender = await on(a, user)
     watcher = await Client.connect(b.ws)
-    options = SessionOptions(thoughts=True, smooth_streaming=True)
-    await watcher.send(Hello(token=user, options=options))
-    await watcher.expect(Welcome)
+    await watcher.hello(user, options=SessionOptions(thoughts=True, smooth_streaming=True))
     cid = await sender.create()
     await join(watcher, cid)
     complex_turn = "Compare both offers in detail, step by step. " + directive(

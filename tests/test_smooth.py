@@ -14,16 +14,12 @@ from chat_server.smooth import MAX_END_DELAY_S, Smoother, pieces
 from protocol.messages import (
     Ack,
     Delta,
-    Hello,
-    Join,
-    Joined,
     Send,
     SessionOptions,
     TurnEnd,
-    Welcome,
 )
 from tests.servers import RunningServer
-from tests.wsclient import Client, directive, new_user
+from tests.wsclient import directive, two_devices
 
 pytestmark = pytest.mark.asyncio
 
@@ -80,14 +76,7 @@ async def test_bursts_flow_as_words_and_the_end_waits_at_most_the_bound() -> Non
 
 
 async def test_a_smooth_device_gets_words_a_plain_one_gets_bursts(server: RunningServer) -> None:
-    user = new_user()
-    smooth, plain = await Client.connect(server.ws), await Client.connect(server.ws)
-    await smooth.send(Hello(token=user, options=SessionOptions(smooth_streaming=True)))
-    await smooth.expect(Welcome)
-    await plain.hello(user)
-    cid = await smooth.create()
-    await plain.send(Join(conversation_id=cid))
-    await plain.expect(Joined)
+    _, smooth, plain, cid = await two_devices(server.ws, SessionOptions(smooth_streaming=True))
     bursts = directive(tokens=60, chunk=20, tps=40)  # 20 tokens every 0.5 s
     await plain.send(Send(id="s", conversation_id=cid, text=f"tell me {bursts}"))
     await plain.expect(Ack)

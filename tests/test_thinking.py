@@ -19,18 +19,14 @@ from chat_server.llm.gemini import GeminiProvider
 from chat_server.storage.models import Message as MessageRow
 from protocol.messages import (
     Ack,
-    Hello,
-    Join,
-    Joined,
     Send,
     SessionOptions,
     Thought,
     TurnEnd,
     TurnStart,
-    Welcome,
 )
 from tests.servers import RunningServer
-from tests.wsclient import Client, directive, new_user
+from tests.wsclient import Client, directive, new_user, two_devices
 
 pytestmark = pytest.mark.asyncio
 
@@ -123,14 +119,7 @@ async def test_simple_turns_get_the_fast_budget_and_complex_ones_the_assistants(
 async def test_thought_summaries_reach_only_devices_that_asked_and_are_not_stored(
     server: RunningServer, db: async_sessionmaker[AsyncSession]
 ) -> None:
-    user = new_user()
-    watcher, plain = await Client.connect(server.ws), await Client.connect(server.ws)
-    await watcher.send(Hello(token=user, options=SessionOptions(thoughts=True)))
-    await watcher.expect(Welcome)
-    await plain.hello(user)
-    cid = await watcher.create()
-    await plain.send(Join(conversation_id=cid))
-    await plain.expect(Joined)
+    user, watcher, plain, cid = await two_devices(server.ws, SessionOptions(thoughts=True))
     await watcher.send(Send(id="c", conversation_id=cid, text=COMPLEX + " " + directive(tokens=8)))
     await watcher.expect(Ack)
     end, frames = await watcher.until(TurnEnd)

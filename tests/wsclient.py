@@ -18,6 +18,7 @@ from protocol.messages import (
     Joined,
     Presence,
     ServerMessage,
+    SessionOptions,
     TurnEnd,
     Welcome,
 )
@@ -54,8 +55,14 @@ class Client(ProtocolClient):
                     return message, seen
                 seen.append(message)
 
-    async def hello(self, user: str | None = None, token: str | None = None) -> Welcome:
-        await self.send(Hello(token=token if token is not None else user or new_user()))
+    async def hello(
+        self,
+        user: str | None = None,
+        token: str | None = None,
+        options: SessionOptions | None = None,
+    ) -> Welcome:
+        token = token if token is not None else user or new_user()
+        await self.send(Hello(token=token, options=options or SessionOptions()))
         return await self.expect(Welcome)
 
     async def create(self, **create: Any) -> uuid.UUID:
@@ -100,3 +107,16 @@ def turn_end(frames: list[ServerMessage]) -> TurnEnd:
     ends = [f for f in frames if isinstance(f, TurnEnd)]
     assert ends, "no turn_end"
     return ends[-1]
+
+
+async def two_devices(url: str, options: SessionOptions) -> tuple[str, Client, Client, uuid.UUID]:
+    """A new user's two devices in a new conversation: the first with ``options``, the
+    second with the defaults."""
+    user = new_user()
+    asked, plain = await Client.connect(url), await Client.connect(url)
+    await asked.hello(user, options=options)
+    await plain.hello(user)
+    cid = await asked.create()
+    await plain.send(Join(conversation_id=cid))
+    await plain.expect(Joined)
+    return user, asked, plain, cid
