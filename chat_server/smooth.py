@@ -47,7 +47,8 @@ def pieces(text: str) -> list[str]:
 class _Reply:
     delta: Event  # a delta of this reply: what the pieces are made from
     offset: int  # where the next piece starts in the reply
-    queue: collections.deque[str | Event] = field(default_factory=collections.deque)
+    pieces: collections.deque[str] = field(default_factory=collections.deque)  # to send
+    ended: list[Event] = field(default_factory=list)  # message/turn_end, after the pieces
     window_s: float = FIRST_WINDOW_S
     last_burst: float | None = None
     deadline: float | None = None  # the reply ended: everything out by then
@@ -70,9 +71,9 @@ class Smoother:
             gap = min(now - reply.last_burst, MAX_WINDOW_S)
             reply.window_s = 0.6 * reply.window_s + 0.4 * gap
         reply.last_burst = now
-        if not reply.queue and event.offset != reply.offset:
+        if not reply.pieces and event.offset != reply.offset:
             reply.offset = event.offset  # a resync moved it: start from the event
-        reply.queue.extend(pieces(event.text))
+        reply.pieces.extend(pieces(event.text))
         self._run(reply)
 
     def holds(self, turn_id: uuid.UUID) -> bool:
@@ -85,7 +86,7 @@ class Smoother:
         reply = self._replies[event.turn_id]
         if reply.deadline is None:
             reply.deadline = time.monotonic() + MAX_END_DELAY_S
-        reply.queue.append(event)
+        reply.ended.append(event)
         self._run(reply)
 
     def close(self) -> None:
@@ -99,27 +100,19 @@ class Smoother:
             reply.task = asyncio.create_task(self._drain(reply))
 
     async def _drain(self, reply: _Reply) -> None:
-        queue = reply.queue
+        queue = reply.pieces
         while queue:
-            words = sum(1 for item in queue if isinstance(item, str))
             window = reply.window_s
             if reply.deadline is not None:
                 window = min(window, max(0.0, reply.deadline - time.monotonic()))
-            per_piece = window / max(words, 1)
-            take = max(1, math.ceil(MIN_TICK_S / per_piece)) if per_piece > 0 else words
-            text = ""
-            while queue and take and isinstance(piece := queue[0], str):
-                text += piece
-                queue.popleft()
-                take -= 1
-            if text:
-                self._emit(reply.delta.with_text(reply.offset, text, encoded=False))
-                reply.offset += len(text)
-            while queue and not isinstance(queue[0], str):
-                held = queue.popleft()
-                assert isinstance(held, Event)
-                self._emit(held)
-                if held.turn_id is not None and not queue:
-                    self._replies.pop(held.turn_id, None)  # ended: what comes later passes
-            if any(isinstance(item, str) for item in queue):
+            per_piece = window / len(queue)
+            take = max(1, math.ceil(MIN_TICK_S / per_piece)) if per_piece > 0 else len(queue)
+            text = "".join(queue.popleft() for _ in range(min(take, len(queue))))
+            self._emit(reply.delta.with_text(reply.offset, text, encoded=False))
+            reply.offset += len(text)
+            if queue:
                 await asyncio.sleep(max(per_piece, MIN_TICK_S) if per_piece > 0 else 0)
+        if reply.ended:  # the reply ended: its events go out, and what comes later passes
+            for event in reply.ended:
+                self._emit(event)
+            self._replies.pop(reply.delta.turn_id, None)  # type: ignore[arg-type]
