@@ -140,18 +140,20 @@ def _convert(chunk: types.GenerateContentResponse) -> LLMChunk:
             finish = _FINISH.get(candidate.finish_reason, "error")
     elif chunk.prompt_feedback and chunk.prompt_feedback.block_reason:
         finish = "safety"
-    # json.loads lets lone surrogates through; they cannot be encoded back to UTF-8.
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    thought = thought.encode("utf-8", "replace").decode("utf-8")
     usage = chunk.usage_metadata
     return LLMChunk(
-        text=text,
+        text=_utf8(text),
         finish_reason=finish,
         input_tokens=usage.prompt_token_count if usage else None,
         output_tokens=usage.candidates_token_count if usage else None,
-        thought=thought,
+        thought=_utf8(thought),
         thought_tokens=usage.thoughts_token_count if usage else None,
     )
+
+
+def _utf8(text: str) -> str:
+    """json.loads lets lone surrogates through; they cannot be encoded back to UTF-8."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _api_error(exc: errors.APIError) -> LLMError:
