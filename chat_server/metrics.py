@@ -144,6 +144,10 @@ class Metrics:
         """Make ``gauge`` read ``read()`` at scrape time (Redis up, draining, pool)."""
         gauge.set_function(read)
 
+    def limit_hit(self, limit: str) -> None:
+        """A request over ``limit`` (turns, frames, connections, ...) was refused."""
+        self.limits_hit.labels(self.replica, limit).inc()
+
     def _tally(self, name: str, doc: str, label: str | None = None) -> Tally:
         if not self.enabled:
             return cast(Tally, _OFF)

@@ -138,7 +138,7 @@ async def caller(request: Request) -> Caller:
     per_minute = runtime.settings.requests_per_minute
     wait_ms = await runtime.limiter.take(f"rest:{subject}", per_minute / 60, per_minute)
     if wait_ms:  # 429 with Retry-After
-        runtime.metrics.limits_hit.labels(runtime.metrics.replica, "requests").inc()
+        runtime.metrics.limit_hit("requests")
         message = f"more than {per_minute} requests a minute; try again in {wait_ms} ms"
         raise ChatError(ErrorCode.RATE_LIMITED, message, retry_after_ms=wait_ms)
     return Caller(runtime, await runtime.users.resolve(subject), request)

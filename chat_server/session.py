@@ -178,7 +178,7 @@ class Session:
         """One of the user's ``CONNECTIONS_PER_USER`` places, across replicas, else 4005."""
         most, key = self._rt.settings.connections_per_user, f"connections:{self.subject}"
         if not await self._rt.limiter.hold(key, self.id, most):
-            self.metrics.limits_hit.labels(self.metrics.replica, "connections").inc()
+            self.metrics.limit_hit("connections")
             reason = f"more than {most} open connections; retry_after_ms={RETRY_PLACE_MS}"
             raise Disconnect(CloseCode.TOO_MANY_CONNECTIONS, reason)
         self.holds = key

@@ -55,7 +55,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     per_s = settings.handshakes_per_ip_per_s
     wait_ms = await runtime.limiter.take(f"handshakes:{ip}", per_s, per_s * 10)
     if wait_ms:
-        runtime.metrics.limits_hit.labels(runtime.metrics.replica, "handshakes").inc()
+        runtime.metrics.limit_hit("handshakes")
         await websocket.send_denial_response(
             JSONResponse(
                 {"error": "rate_limited", "retry_after_ms": wait_ms},
@@ -159,8 +159,7 @@ class FrameRate:
             self._refused = 0
             return True
         self._refused += 1
-        metrics = session.metrics
-        metrics.limits_hit.labels(metrics.replica, "frames").inc()
+        session.metrics.limit_hit("frames")
         if self._refused > 2 * per_s:
             retry_ms = max(wait_ms, 1000)
             raise Disconnect(CloseCode.FLOODING, f"too many frames; retry_after_ms={retry_ms}")

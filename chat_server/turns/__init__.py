@@ -101,7 +101,7 @@ class Turns:
         per_minute = self._turns_per_minute
         wait_ms = await self.limiter.take(f"turns:{request.owner_id}", per_minute / 60, per_minute)
         if wait_ms:
-            self.metrics.limits_hit.labels(self.metrics.replica, "turns").inc()
+            self.metrics.limit_hit("turns")
             raise ChatError(
                 ErrorCode.RATE_LIMITED,
                 f"more than {per_minute} turns a minute; try again in {wait_ms} ms",

@@ -188,8 +188,7 @@ class Intake:
                 retry_after_ms=quota.reset_ms(),
             )
         if today.streaming >= settings.concurrent_replies:
-            metrics = self._context.metrics
-            metrics.limits_hit.labels(metrics.replica, "concurrent_replies").inc()
+            self._context.metrics.limit_hit("concurrent_replies")
             raise ChatError(
                 ErrorCode.RATE_LIMITED,
                 f"{settings.concurrent_replies} replies are already streaming for you;"
