@@ -27,6 +27,7 @@ from chat_server.api_schema import (
     AssistantOut,
     AssistantPatch,
     AssistantRefOut,
+    BranchIn,
     Candidate,
     ConversationIn,
     ConversationOut,
@@ -58,8 +59,8 @@ from chat_server.router.learning import learn_misroute
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
 from chat_server.turns import quota
-from chat_server.wire import message_info
-from protocol.messages import MAX_SEQ, ConversationInfo, ConversationUpdated
+from chat_server.wire import conversation_info, message_info
+from protocol.messages import MAX_SEQ, ConversationUpdated
 
 R = TypeVar("R")
 CONVERSATIONS_LIMIT = rest.Query("limit", "page size", 1, 100, 20)
@@ -92,6 +93,7 @@ def _conversation_out(c: Conversation) -> ConversationOut:
         title=c.title,
         assistant_id=c.default_assistant_id,
         last_seq=c.last_seq,
+        leaf_id=c.leaf_id,
         created_at=c.created_at,
         updated_at=c.updated_at,
     )
@@ -347,9 +349,7 @@ async def rename_conversation(c: Caller) -> Response:
         await s.flush()
         await s.refresh(conversation)
         out = _conversation_out(conversation)
-    info = ConversationInfo(
-        id=out.id, title=out.title, assistant_id=out.assistant_id, last_seq=out.last_seq
-    )
+        info = conversation_info(conversation)
     await c.runtime.hub.publish(ConversationUpdated(conversation_id=out.id, conversation=info))
     return respond(out)
 
@@ -368,7 +368,19 @@ async def list_messages(c: Caller) -> Response:
         rows, has_more = await conversations.history(
             s, c.user_id, path_id(c, "conversation"), before_seq=before_seq, limit=limit
         )
-    return respond(MessagePage(messages=[message_info(r) for r in rows], has_more=has_more))
+    return respond(MessagePage(messages=[message_info(*r) for r in rows], has_more=has_more))
+
+
+async def switch_branch(c: Caller) -> Response:
+    """Show another branch; every device joined to the conversation hears of it."""
+    body = decode_body(BranchIn, await c.request.body())
+    async with c.db() as s:
+        conversation = await conversations.switch(
+            s, c.user_id, path_id(c, "conversation"), body.message_id, body.alternative
+        )
+        out, info = _conversation_out(conversation), conversation_info(conversation)
+    await c.runtime.hub.publish(ConversationUpdated(conversation_id=out.id, conversation=info))
+    return respond(out)
 
 
 # ---------------------------------------------------------------- routing
@@ -611,10 +623,19 @@ ENDPOINTS = [
         "GET",
         "/conversations/{conversation_id}/messages",
         list_messages,
-        "A page of history (?before_seq, ?limit)",
+        "A page of the branch shown (?before_seq, ?limit)",
         None,
         MessagePage,
         query=(BEFORE_SEQ, MESSAGES_LIMIT),
+    ),
+    Endpoint(
+        "POST",
+        "/conversations/{conversation_id}/branch",
+        switch_branch,
+        "Show the branch through a message or one of its alternatives",
+        BranchIn,
+        ConversationOut,
+        body_ids=True,
     ),
     Endpoint("GET", "/usage", usage, "My model tokens today and my daily quota", None, UsageOut),
     Endpoint(

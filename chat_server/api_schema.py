@@ -107,8 +107,16 @@ class ConversationOut(msgspec.Struct, kw_only=True):
     title: str | None
     assistant_id: uuid.UUID | None
     last_seq: int
+    leaf_id: uuid.UUID | None  # the newest message of the branch shown
     created_at: datetime
     updated_at: datetime
+
+
+class BranchIn(_In):
+    """Show the branch through ``message_id`` or its ``alternative``-th sibling."""
+
+    message_id: uuid.UUID
+    alternative: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
 
 
 class ConversationPage(msgspec.Struct, kw_only=True):

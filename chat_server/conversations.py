@@ -44,10 +44,40 @@ async def history(
     *,
     before_seq: int | None,
     limit: int,
-) -> tuple[list[MessageRow], bool]:
-    """A page of the caller's conversation, oldest first, and whether older ones exist."""
+) -> tuple[list[queries.Placed], bool]:
+    """A page of the branch shown in the caller's conversation, oldest first, and
+    whether older ones exist."""
     conversation = await owned(s, owner_id, conversation_id)
-    return await queries.history_page(s, conversation.id, before_seq=before_seq, limit=limit)
+    return await queries.branch_page(s, conversation, before_seq=before_seq, limit=limit)
+
+
+async def switch(
+    s: AsyncSession,
+    owner_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    alternative: int | None,
+) -> Conversation:
+    """Show the branch through ``message_id`` (or its ``alternative``-th sibling);
+    not_found for a message (or an alternative) the conversation does not have."""
+    conversation = await owned(s, owner_id, conversation_id)
+    leaf = await queries.switch_branch(s, conversation.id, message_id, alternative)
+    if leaf is None:
+        which = f"alternative {alternative} of " if alternative is not None else ""
+        raise ChatError(ErrorCode.NOT_FOUND, f"{which}message {message_id} not found")
+    await s.refresh(conversation)
+    return conversation
+
+
+async def user_turn(
+    s: AsyncSession, conversation_id: uuid.UUID, message_id: uuid.UUID
+) -> MessageRow:
+    """A user turn of the conversation, to regenerate its reply or edit it; not_found
+    for any other message (a reply, another conversation's)."""
+    row = await queries.user_turn(s, conversation_id, message_id)
+    if row is None:
+        raise ChatError(ErrorCode.NOT_FOUND, f"user turn {message_id} not found")
+    return row
 
 
 async def route(

@@ -26,10 +26,9 @@ from chat_server.metrics import Metrics
 from chat_server.smooth import Smoother
 from chat_server.speech import Speech
 from chat_server.storage import queries
-from chat_server.storage.models import Message as MessageRow
-from chat_server.wire import message_info
+from chat_server.wire import conversation_info, message_info
 from protocol.errors import CloseCode
-from protocol.messages import ConversationInfo, Delta, Join, Joined, Message, SessionOptions
+from protocol.messages import Delta, Join, Joined, Message, SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +100,13 @@ class Delivery:
         recovered = (
             join.after_seq is not None
             and len(rows) <= limit
-            and sum(len(row.text) for row in rows) <= self._replay_bytes
+            and sum(len(row.text) for row, _, _ in rows) <= self._replay_bytes
         )
         # A fresh join (or one that missed too much) starts at the present.
         feed.floor = (
             join.after_seq if recovered and join.after_seq is not None else conversation.last_seq
         )
-        info = ConversationInfo(
-            id=conversation.id,
-            title=conversation.title,
-            assistant_id=conversation.default_assistant_id,
-            last_seq=conversation.last_seq,
-        )
+        info = conversation_info(conversation)
         joined = Joined(id=join.id, conversation=info, last_seq=info.last_seq, recovered=recovered)
         outcome = "fresh" if join.after_seq is None else str(recovered).lower()
         self._metrics.joins.labels(self._metrics.replica, outcome).inc()
@@ -187,11 +181,11 @@ class Delivery:
         if self.smooth is not None:
             self.smooth.close()
 
-    def _accept_rows(self, conversation_id: uuid.UUID, rows: list[MessageRow]) -> None:
-        for row in rows:
+    def _accept_rows(self, conversation_id: uuid.UUID, rows: list[queries.Placed]) -> None:
+        for row, *place in rows:
             if row.status != "streaming":  # streaming ones come from the in-flight state
                 message = Message(
-                    conversation_id=conversation_id, seq=row.seq, message=message_info(row)
+                    conversation_id=conversation_id, seq=row.seq, message=message_info(row, *place)
                 )
                 self.accept(Event.of(message))
 

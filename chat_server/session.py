@@ -25,13 +25,14 @@ from chat_server.relay import LiveEvent, Relay
 from chat_server.runtime import Runtime
 from chat_server.turns import TurnRequest
 from chat_server.voice import Voice
-from chat_server.wire import message_info
+from chat_server.wire import conversation_info, message_info
 from chat_server.writer import Transport, Writer
 from protocol.errors import CloseCode, Disconnect, ErrorCode, ErrorReply
 from protocol.messages import (
     PROTOCOL_VERSION,
     Cancel,
     ClientMessage,
+    ConversationUpdated,
     Hello,
     History,
     HistoryPage,
@@ -43,8 +44,10 @@ from protocol.messages import (
     Limits,
     Ping,
     Pong,
+    Regenerate,
     Send,
     SessionOptions,
+    Switch,
     Typing,
     TypingEvent,
     Welcome,
@@ -116,8 +119,21 @@ class Session:
                         message.id,
                         message.text,
                         message.assistant_id,
+                        edit_of=message.edit_of,
                     )
                 )
+            case Regenerate():
+                await self._send(
+                    TurnRequest(
+                        self._owner,
+                        message.conversation_id,
+                        message.id,
+                        "",
+                        message.assistant_id,
+                        regenerate=message.reply_to,
+                    )
+                )
+
             case Input():
                 await self._input(message)
             case Cancel():
@@ -125,7 +141,7 @@ class Session:
                 await self._rt.turns.cancel(
                     message.conversation_id, message.turn_id, message.heard_chars
                 )
-            case History():
+            case History() | Switch():
                 await self._history(message)
             case Leave():
                 await self._leave(message.conversation_id)
@@ -219,16 +235,27 @@ class Session:
     async def _publish_live(self, event: LiveEvent) -> None:
         await self._rt.hub.publish(event, exclude=self.id)
 
-    async def _history(self, message: History) -> None:
+    async def _history(self, message: History | Switch) -> None:
+        """A page of the branch shown: asked for, or the answer to a switch (which every
+        device of the conversation hears of as a ``conversation`` event)."""
         async with self._rt.db.begin() as s:
+            if isinstance(message, Switch):
+                switched = await conversations.switch(
+                    s, self._owner, message.conversation_id, message.message_id, message.alternative
+                )
             rows, has_more = await conversations.history(
                 s,
                 self._owner,
                 message.conversation_id,
-                before_seq=message.before_seq,
+                before_seq=None if isinstance(message, Switch) else message.before_seq,
                 limit=message.limit,
             )
-        page = [message_info(r) for r in rows]
+        if isinstance(message, Switch):
+            info = conversation_info(switched)
+            await self._rt.hub.publish(
+                ConversationUpdated(conversation_id=info.id, conversation=info)
+            )
+        page = [message_info(*r) for r in rows]
         self.reply(
             HistoryPage(
                 id=message.id,

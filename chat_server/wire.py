@@ -8,12 +8,22 @@ from typing import Any
 import msgspec
 
 from chat_server import router
+from chat_server.storage.models import Conversation
 from chat_server.storage.models import Message as MessageRow
 from protocol.errors import RETRYABLE, ErrorCode
-from protocol.messages import Error, FinishReason, MessageInfo, MessageStatus, Role, RouteInfo
+from protocol.messages import (
+    ConversationInfo,
+    Error,
+    FinishReason,
+    MessageInfo,
+    MessageStatus,
+    Role,
+    RouteInfo,
+)
 
 
-def message_info(row: MessageRow) -> MessageInfo:
+def message_info(row: MessageRow, alternative: int = 1, alternatives: int = 1) -> MessageInfo:
+    """A stored message, with its place among its alternatives (see ``Placed``)."""
     meta = row.meta or {}
     finish = meta.get("finish_reason")
     return MessageInfo(
@@ -28,6 +38,19 @@ def message_info(row: MessageRow) -> MessageInfo:
         assistant_id=row.assistant_id,
         model=meta.get("model"),
         finish_reason=FinishReason(finish) if finish else None,
+        parent_id=row.parent_id,
+        alternative=alternative,
+        alternatives=alternatives,
+    )
+
+
+def conversation_info(row: Conversation) -> ConversationInfo:
+    return ConversationInfo(
+        id=row.id,
+        title=row.title,
+        assistant_id=row.default_assistant_id,
+        last_seq=row.last_seq,
+        leaf_id=row.leaf_id,
     )
 
 

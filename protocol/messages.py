@@ -11,6 +11,14 @@ is repeated in its ``turn_end``. A client resumes with ``after_seq`` = the highe
 are re-sent as ``turn_start`` + a ``delta`` from offset 0, then live deltas. Deltas
 carry ``offset`` (where ``text`` starts in the reply), so a client drops any text
 it already has and never sees a gap.
+
+Branches: messages form a tree (``parent_id``). ``regenerate`` adds a reply to an
+earlier user turn, ``send`` with ``edit_of`` adds a corrected user turn beside the one
+it edits; siblings are alternatives (``alternative`` of ``alternatives``). A
+conversation shows one branch, the path up from ``leaf_id``: every new message becomes
+the leaf, and ``switch`` picks another (``conversation`` event to every device).
+``history`` returns the active branch; a resume replays every message after
+``after_seq`` on any branch, in seq order, so seqs stay gap-free.
 """
 
 from __future__ import annotations
@@ -116,12 +124,39 @@ class Join(_Frame, tag="join", kw_only=True):
 
 
 class Send(_Frame, tag="send", kw_only=True):
-    """A user turn. ``id`` is the idempotency key: resending it returns the first ack."""
+    """A user turn. ``id`` is the idempotency key: resending it returns the first ack.
+
+    ``edit_of``: a user turn of this conversation this one corrects; it becomes an
+    alternative of it (a new branch from its parent) and the model sees only that
+    branch."""
 
     id: RequestId
     conversation_id: uuid.UUID
     text: Text
     assistant_id: uuid.UUID | None = None
+    edit_of: uuid.UUID | None = None
+
+
+class Regenerate(_Frame, tag="regenerate", kw_only=True):
+    """A new reply to the user turn ``reply_to``; the earlier ones stay as alternatives.
+    ``id`` is the idempotency key, like a send's: the ack names the new reply."""
+
+    id: RequestId
+    conversation_id: uuid.UUID
+    reply_to: uuid.UUID
+    assistant_id: uuid.UUID | None = None  # another assistant than the router's pick
+
+
+class Switch(_Frame, tag="switch", kw_only=True):
+    """Show the branch through ``message_id``, or through its ``alternative``-th
+    sibling (1-based): the newest message below it becomes the leaf. Answered with a
+    ``history`` page of the branch now shown."""
+
+    id: RequestId | None = None
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    alternative: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
 
 
 class Input(_Frame, tag="input", kw_only=True):
@@ -167,7 +202,9 @@ class Ping(_Frame, tag="ping", kw_only=True):
     id: RequestId | None = None
 
 
-ClientMessage = Hello | Join | Send | Input | Cancel | History | Leave | Typing | Ping
+ClientMessage = (
+    Hello | Join | Send | Regenerate | Switch | Input | Cancel | History | Leave | Typing | Ping
+)
 
 
 # ---------------------------------------------------------------- server → client
@@ -195,6 +232,7 @@ class ConversationInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     title: str | None = None
     assistant_id: uuid.UUID | None = None
     last_seq: int = 0
+    leaf_id: uuid.UUID | None = None  # the newest message of the branch shown
 
 
 class Joined(_Frame, tag="joined", kw_only=True):
@@ -262,6 +300,9 @@ class MessageInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     assistant_id: uuid.UUID | None = None
     model: str | None = None
     finish_reason: FinishReason | None = None
+    parent_id: uuid.UUID | None = None  # the message before it on its branch
+    alternative: int = 1  # which of its siblings this is, 1-based, oldest first
+    alternatives: int = 1  # how many siblings (regenerated replies, edited turns)
 
 
 class Message(_Frame, tag="message", kw_only=True):
@@ -283,6 +324,7 @@ class TurnStart(_Frame, tag="turn_start", kw_only=True):
     assistant: AssistantRef
     model: str
     route: RouteInfo
+    alternatives: int = 1  # replies to ``reply_to`` with this one, which is the newest
 
 
 class Delta(_Frame, tag="delta", kw_only=True):

@@ -67,14 +67,15 @@ async def test_history_pages_oldest_first_and_only_for_the_owner(
                 assistant_id=conversation.default_assistant_id,
                 reply_meta={},
             )
-        rows, more = await conversations.history(
+        page, more = await conversations.history(
             s, alice, conversation.id, before_seq=None, limit=4
         )
+        rows = [row for row, _, _ in page]
         assert more is True
-        assert [r.seq for r in rows] == sorted(r.seq for r in rows)
+        assert [r.seq for r in rows] == list(range(7, 11))
         older, _ = await conversations.history(
             s, alice, conversation.id, before_seq=rows[0].seq, limit=50
         )
-        assert all(r.seq < rows[0].seq for r in older)
+        assert [r.seq for r, _, _ in older] == list(range(1, 7))
         with pytest.raises(ChatError):
             await conversations.history(s, bob, conversation.id, before_seq=None, limit=4)

@@ -130,7 +130,9 @@ async def test_a_reply_is_finished_only_once(db: async_sessionmaker[AsyncSession
     async with db.begin() as s:
         second = await queries.finish_reply(s, turn.reply.id, text="late", status="error", meta={})
     assert first is not None
-    assert (first.text, first.status, first.meta["finish_reason"]) == ("done", "complete", "stop")
+    row, alternative, alternatives = first
+    assert (row.text, row.status, row.meta["finish_reason"]) == ("done", "complete", "stop")
+    assert (alternative, alternatives) == (1, 1)
     assert second is None
 
 

@@ -141,6 +141,9 @@ class Conversation(Base):
     )
     # The last seq handed out; bumped under the row lock in the storing transaction.
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The newest message of the branch shown (messages form a tree: regenerate, edit);
+    # None before the first turn. Not a foreign key: it only points, never owns.
+    leaf_id: Mapped[uuid.UUID | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -162,6 +165,11 @@ class Message(Base):
     status: Mapped[str] = mapped_column(String(16))
     client_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     reply_to: Mapped[uuid.UUID | None] = mapped_column(nullable=True)
+    # The message before this one on its branch: a reply's user turn, a turn's previous
+    # reply; None for the first turn (and for an edit of it). Siblings are alternatives.
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE", name="fk_messages_parent"), nullable=True
+    )
     assistant_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("assistants.id", ondelete="SET NULL"), nullable=True
     )
@@ -180,6 +188,7 @@ class Message(Base):
             "status in ('complete', 'streaming', 'interrupted', 'error')",
             name="ck_messages_status",
         ),
+        Index("ix_messages_parent", "conversation_id", "parent_id"),
         Index(
             "ix_messages_streaming",
             "conversation_id",

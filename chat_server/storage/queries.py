@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from chat_server.storage.models import (
     Assistant,
@@ -131,11 +132,83 @@ async def get_conversation(
     )
 
 
+# A message with its place among its alternatives (siblings: the same parent), as
+# (row, alternative, alternatives): the 1-based rank by seq, and how many there are.
+Placed = tuple[Message, int, int]
+
+
+def _siblings(a: Any, b: Any) -> Any:
+    """SQL: messages ``a`` and ``b`` are alternatives (the same parent, or both roots)."""
+    return and_(
+        a.conversation_id == b.conversation_id,
+        or_(a.parent_id == b.parent_id, and_(a.parent_id.is_(None), b.parent_id.is_(None))),
+    )
+
+
+def _place(m: Any) -> tuple[Any, Any]:
+    """SQL for where ``m`` stands among its siblings: (alternative, alternatives)."""
+    sibling = aliased(Message)
+    same = _siblings(sibling, m)
+    count = select(func.count()).select_from(sibling)
+    rank = count.where(same, sibling.seq <= m.seq).scalar_subquery()
+    return rank, count.where(same).scalar_subquery()
+
+
+def _placed(rows: Any) -> list[Placed]:
+    return [(row, int(rank), int(count)) for row, rank, count in rows]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredTurn:
     user_message: Message
     reply: Message | None  # the streaming placeholder; None for a duplicate
     duplicate: bool
+    user_place: tuple[int, int] = (1, 1)  # (alternative, alternatives), as in ``Placed``
+    reply_place: tuple[int, int] = (1, 1)
+
+
+async def _lock(
+    s: AsyncSession, conversation_id: uuid.UUID, client_id: str
+) -> tuple[uuid.UUID | None, Message | None]:
+    """Take the conversation's row lock; its active leaf, and the message already
+    stored under ``client_id`` (a resent send or regenerate), if any.
+
+    The lock serialises every writer of this conversation, across replicas, so the
+    duplicate check, the leaf and the seq allocation cannot race."""
+    leaf = await s.scalar(
+        select(Conversation.leaf_id).where(Conversation.id == conversation_id).with_for_update()
+    )
+    existing = await s.scalar(
+        select(Message).where(
+            Message.conversation_id == conversation_id, Message.client_id == client_id
+        )
+    )
+    return leaf, existing
+
+
+async def _append(s: AsyncSession, conversation_id: uuid.UUID, rows: list[Message]) -> list[Placed]:
+    """Store ``rows`` (parents set, seqs not) as the next seqs; the last one becomes the
+    active leaf. Returns them placed among their siblings."""
+    last_seq = await s.scalar(
+        update(Conversation)
+        .where(Conversation.id == conversation_id)
+        .values(
+            last_seq=Conversation.last_seq + len(rows), leaf_id=rows[-1].id, updated_at=func.now()
+        )
+        .returning(Conversation.last_seq)
+    )
+    assert last_seq is not None
+    for n, row in enumerate(rows):
+        row.seq = last_seq - len(rows) + 1 + n
+        s.add(row)
+    await s.flush()
+    ids = [row.id for row in rows]
+    placed = _placed(
+        await s.execute(
+            select(Message, *_place(Message)).where(Message.id.in_(ids)).order_by(Message.seq)
+        )
+    )
+    return placed
 
 
 async def store_turn(
@@ -146,56 +219,83 @@ async def store_turn(
     text: str,
     assistant_id: uuid.UUID,
     reply_meta: dict[str, Any],
+    edit_of: Message | None = None,
 ) -> StoredTurn:
-    """Store a user turn and its reply placeholder (status streaming) atomically.
-
-    The conversation row lock serialises every writer of this conversation, across
-    replicas, so the duplicate check and the seq allocation cannot race. A resent
-    ``client_id`` returns the original message and stores nothing.
-    """
-    await s.execute(
-        select(Conversation.id).where(Conversation.id == conversation_id).with_for_update()
-    )
-    existing = await s.scalar(
-        select(Message).where(
-            Message.conversation_id == conversation_id, Message.client_id == client_id
-        )
-    )
+    """Store a user turn and its reply placeholder (status streaming) atomically, after
+    the active leaf, or with ``edit_of`` (a user turn of this conversation) as a new
+    alternative of it: a branch from its parent. A resent ``client_id`` returns the
+    original message and stores nothing."""
+    leaf, existing = await _lock(s, conversation_id, client_id)
     if existing is not None:
         return StoredTurn(existing, None, duplicate=True)
-    last_seq = await s.scalar(
-        update(Conversation)
-        .where(Conversation.id == conversation_id)
-        .values(last_seq=Conversation.last_seq + 2, updated_at=func.now())
-        .returning(Conversation.last_seq)
-    )
-    assert last_seq is not None
+    parent = edit_of.parent_id if edit_of is not None else leaf
     user_message = Message(
+        id=uuid.uuid4(),
         conversation_id=conversation_id,
-        seq=last_seq - 1,
         role="user",
         text=text,
         status="complete",
         client_id=client_id,
+        parent_id=parent,
         meta={},
     )
-    s.add(user_message)
-    await s.flush()
-    reply = Message(
+    reply = _placeholder(conversation_id, user_message.id, assistant_id, reply_meta, None)
+    user, placed = await _append(s, conversation_id, [user_message, reply])
+    return StoredTurn(user[0], placed[0], False, user[1:], placed[1:])
+
+
+async def store_regeneration(
+    s: AsyncSession,
+    conversation_id: uuid.UUID,
+    *,
+    client_id: str,
+    user_message: Message,
+    assistant_id: uuid.UUID,
+    reply_meta: dict[str, Any],
+) -> StoredTurn:
+    """Store a new reply placeholder to an earlier user turn: an alternative to the
+    replies it has, on a new active branch. ``client_id`` (the regenerate's id) makes
+    a resent regenerate return the first one and store nothing."""
+    _, existing = await _lock(s, conversation_id, client_id)
+    if existing is not None:
+        return StoredTurn(existing, None, duplicate=True)
+    reply = _placeholder(conversation_id, user_message.id, assistant_id, reply_meta, client_id)
+    (placed,) = await _append(s, conversation_id, [reply])
+    return StoredTurn(user_message, placed[0], False, reply_place=placed[1:])
+
+
+def _placeholder(
+    conversation_id: uuid.UUID,
+    user_id: uuid.UUID,
+    assistant_id: uuid.UUID,
+    meta: dict[str, Any],
+    client_id: str | None,
+) -> Message:
+    return Message(
+        id=uuid.uuid4(),
         conversation_id=conversation_id,
-        seq=last_seq,
         role="assistant",
         text="",
         status="streaming",
-        reply_to=user_message.id,
+        reply_to=user_id,
+        parent_id=user_id,
         assistant_id=assistant_id,
-        meta=reply_meta,
+        client_id=client_id,
+        meta=meta,
     )
-    s.add(reply)
-    await s.flush()
-    await s.refresh(user_message)
-    await s.refresh(reply)
-    return StoredTurn(user_message, reply, duplicate=False)
+
+
+async def user_turn(
+    s: AsyncSession, conversation_id: uuid.UUID, message_id: uuid.UUID
+) -> Message | None:
+    """A user turn of this conversation (to regenerate its reply or edit it)."""
+    return await s.scalar(
+        select(Message).where(
+            Message.id == message_id,
+            Message.conversation_id == conversation_id,
+            Message.role == "user",
+        )
+    )
 
 
 async def finish_reply(
@@ -206,7 +306,7 @@ async def finish_reply(
     status: str,
     meta: dict[str, Any],
     swept: bool = False,
-) -> Message | None:
+) -> Placed | None:
     """Write a reply's final text once. None if it was already finished (by anyone).
 
     ``swept``: a sweeper ends the reply of a replica presumed dead, and ``meta`` records
@@ -222,12 +322,14 @@ async def finish_reply(
             ),
         )
     meta = {**meta, "swept": swept}
-    return await s.scalar(
+    rows = await s.execute(
         update(Message)
         .where(Message.id == message_id, finishable)
         .values(text=text, status=status, meta=Message.meta.op("||")(meta), updated_at=func.now())
-        .returning(Message)
+        .returning(Message, *_place(Message))
     )
+    placed = _placed(rows)
+    return placed[0] if placed else None
 
 
 async def add_usage(
@@ -301,44 +403,99 @@ async def set_quota(s: AsyncSession, external_id: str, tokens: int | None) -> bo
 
 async def messages_after(
     s: AsyncSession, conversation_id: uuid.UUID, after_seq: int, limit: int
-) -> list[Message]:
-    rows = await s.scalars(
-        select(Message)
+) -> list[Placed]:
+    """Every message after ``after_seq``, on any branch (what a resuming device missed:
+    seqs stay gap-free across branches; each new message became the active leaf)."""
+    rows = await s.execute(
+        select(Message, *_place(Message))
         .where(Message.conversation_id == conversation_id, Message.seq > after_seq)
         .order_by(Message.seq)
         .limit(limit)
     )
-    return list(rows)
+    return _placed(rows)
 
 
-async def history_page(
-    s: AsyncSession, conversation_id: uuid.UUID, *, before_seq: int | None, limit: int
-) -> tuple[list[Message], bool]:
-    """Up to ``limit`` messages before ``before_seq`` (newest page first), oldest first."""
-    query = select(Message).where(Message.conversation_id == conversation_id)
+def _path(conversation_id: uuid.UUID, tip: uuid.UUID, depth: int | None) -> Any:
+    """The branch from ``tip`` up to its root (at most ``depth`` messages), as a CTE."""
+    path = (
+        select(Message.id, Message.parent_id, literal(1).label("depth"))
+        .where(Message.id == tip, Message.conversation_id == conversation_id)
+        .cte("path", recursive=True)
+    )
+    up = aliased(Message)
+    step = select(up.id, up.parent_id, path.c.depth + 1).join(path, up.id == path.c.parent_id)
+    if depth is not None:
+        step = step.where(path.c.depth < depth)
+    return path.union_all(step)
+
+
+async def branch_page(
+    s: AsyncSession, conversation: Conversation, *, before_seq: int | None, limit: int
+) -> tuple[list[Placed], bool]:
+    """Up to ``limit`` messages of the active branch before ``before_seq`` (newest page
+    first), oldest first, each placed among its alternatives."""
+    if conversation.leaf_id is None:
+        return [], False
+    path = _path(conversation.id, conversation.leaf_id, None)
+    query = select(Message, *_place(Message)).join(path, path.c.id == Message.id)
     if before_seq is not None:
         query = query.where(Message.seq < before_seq)
-    rows = list(await s.scalars(query.order_by(Message.seq.desc()).limit(limit + 1)))
+    rows = _placed(await s.execute(query.order_by(Message.seq.desc()).limit(limit + 1)))
     has_more = len(rows) > limit
     return rows[:limit][::-1], has_more
 
 
 async def context_window(
-    s: AsyncSession, conversation_id: uuid.UUID, *, before_seq: int, limit: int
+    s: AsyncSession, conversation_id: uuid.UUID, *, tip: uuid.UUID | None, limit: int
 ) -> list[Message]:
-    """The recent finished messages a model sees before the turn at ``before_seq``."""
+    """The recent finished messages a model sees: the branch ending at ``tip`` (a user
+    turn, or the active leaf), never an alternative that is not on it."""
+    if tip is None:
+        return []
+    path = _path(conversation_id, tip, 2 * limit)
     rows = await s.scalars(
         select(Message)
-        .where(
-            Message.conversation_id == conversation_id,
-            Message.seq < before_seq,
-            Message.status != "streaming",
-            Message.text != "",
-        )
+        .join(path, path.c.id == Message.id)
+        .where(Message.status != "streaming", Message.text != "")
         .order_by(Message.seq.desc())
         .limit(limit)
     )
     return list(rows)[::-1]
+
+
+async def switch_branch(
+    s: AsyncSession, conversation_id: uuid.UUID, message_id: uuid.UUID, alternative: int | None
+) -> uuid.UUID | None:
+    """Show the branch through ``message_id`` (or through its ``alternative``-th sibling):
+    the newest message below it becomes the active leaf. None if there is no such
+    message in the conversation."""
+    target: Any = select(Message.id).where(
+        Message.id == message_id, Message.conversation_id == conversation_id
+    )
+    if alternative is not None:
+        this = aliased(Message)
+        sibling = aliased(Message)
+        target = (
+            select(sibling.id)
+            .join(this, _siblings(this, sibling))
+            .where(this.id == message_id, this.conversation_id == conversation_id)
+            .order_by(sibling.seq)
+            .offset(alternative - 1)
+            .limit(1)
+        )
+    top = await s.scalar(target)
+    if top is None:
+        return None
+    below = select(Message.id, Message.seq).where(Message.id == top).cte("below", recursive=True)
+    child = aliased(Message)
+    below = below.union_all(select(child.id, child.seq).join(below, child.parent_id == below.c.id))
+    leaf = await s.scalar(select(below.c.id).order_by(below.c.seq.desc()).limit(1))
+    await s.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id)
+        .values(leaf_id=leaf, updated_at=func.now())
+    )
+    return leaf
 
 
 async def streaming_replies(s: AsyncSession, *, older_than_ms: int) -> list[Message]:

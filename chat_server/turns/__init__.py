@@ -115,7 +115,7 @@ class Turns:
             stored.generation.received_at = received
             self.metrics.turns_started_c.inc()
             self._running[stored.generation.turn_id] = stored.generation
-            await stored.generation.begin(stored.user_message, self._ended)
+            await stored.generation.begin(stored.announce, self._ended)
         return stored
 
     def _ended(self, generation: Generation) -> None:

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.storage import queries
-from chat_server.storage.models import Message as MessageRow
 from chat_server.wire import message_info, to_builtins
 from protocol.messages import ErrorInfo, FinishReason, MessageStatus, TurnEnd, Usage
 
@@ -61,14 +60,14 @@ class Finals:
         if error is not None:
             meta["error"] = to_builtins(error)
         status = STATUS.get(finish, MessageStatus.ERROR)
-        row = await self._write(turn_id, text, status, meta, usage, swept=swept)
-        if row is not None:  # else already finished elsewhere; its turn_end went out then
+        placed = await self._write(turn_id, text, status, meta, usage, swept=swept)
+        if placed is not None:  # else already finished elsewhere; its turn_end went out then
             await self._hub.publish(
                 TurnEnd(
                     conversation_id=conversation_id,
-                    seq=row.seq,
+                    seq=placed[0].seq,
                     turn_id=turn_id,
-                    message=message_info(row),
+                    message=message_info(*placed),
                     finish_reason=finish,
                     usage=usage,
                     error=error,
@@ -76,7 +75,7 @@ class Finals:
             )
         with contextlib.suppress(Exception):
             await self._inflight.end(turn_id, conversation_id)
-        return row is not None
+        return placed is not None
 
     async def _write(
         self,
@@ -87,7 +86,7 @@ class Finals:
         usage: Usage,
         *,
         swept: bool,
-    ) -> MessageRow | None:
+    ) -> queries.Placed | None:
         """The final write, and the reply's tokens added to its owner's usage of the day
         in the same transaction (only by the write that wins: counted once)."""
         delay, warned_at = 0.1, 0.0

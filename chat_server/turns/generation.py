@@ -30,7 +30,6 @@ from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
 from chat_server.turns import quota
 from chat_server.turns.final import Finals
-from chat_server.wire import message_info
 from protocol import encode
 from protocol.errors import ErrorCode
 from protocol.messages import (
@@ -38,6 +37,7 @@ from protocol.messages import (
     ErrorInfo,
     FinishReason,
     Message,
+    MessageInfo,
     Thought,
     TurnStart,
     Usage,
@@ -85,7 +85,6 @@ class Generation:
         start: TurnStart,
         *,
         system_prompt: str,
-        user_seq: int,
         history: list[ChatTurn] | None,
         token_budget: int | None = None,
     ) -> None:
@@ -93,7 +92,6 @@ class Generation:
         self._ctx = ctx
         self.start = start
         self._system_prompt = system_prompt
-        self._user_seq = user_seq
         self._history = history  # prepared ahead; else loaded when generating
         self.state = GenerationState.STREAMING
         self.text = ""
@@ -119,20 +117,24 @@ class Generation:
     def conversation_id(self) -> uuid.UUID:
         return self.start.conversation_id
 
-    async def begin(self, user_message: MessageRow, on_done: Callable[[Generation], None]) -> None:
-        """Take the lease, announce the stored user message and the reply, then generate
-        in the background; ``on_done`` runs once the reply is stored."""
+    async def begin(
+        self, user_message: MessageInfo | None, on_done: Callable[[Generation], None]
+    ) -> None:
+        """Take the lease, announce the stored user message (None: it is not new, as for
+        a regenerate) and the reply, then generate in the background; ``on_done`` runs
+        once the reply is stored."""
         ctx = self._ctx
         await ctx.inflight.begin(
             self.turn_id, self.conversation_id, encode(self.start), ctx.settings.node_id
         )
-        await ctx.hub.publish(
-            Message(
-                conversation_id=self.conversation_id,
-                seq=user_message.seq,
-                message=message_info(user_message),
+        if user_message is not None:
+            await ctx.hub.publish(
+                Message(
+                    conversation_id=self.conversation_id,
+                    seq=user_message.seq,
+                    message=user_message,
+                )
             )
-        )
         await ctx.hub.publish(self.start)
         self.task = asyncio.create_task(self._run(on_done), name=f"turn-{self.turn_id}")
         self.started.set()
@@ -212,10 +214,10 @@ class Generation:
         history = self._history
         if history is None:
             async with ctx.db.begin() as s:
-                rows = await queries.context_window(
+                rows = await queries.context_window(  # the branch up to its user turn
                     s,
                     self.conversation_id,
-                    before_seq=self._user_seq + 1,
+                    tip=self.start.reply_to,
                     limit=settings.history_messages,
                 )
             history = chat_turns(rows)

@@ -24,9 +24,9 @@ from chat_server.storage.models import Conversation
 from chat_server.storage.models import Message as MessageRow
 from chat_server.turns import quota
 from chat_server.turns.generation import Context, Generation, chat_turns
-from chat_server.wire import route_info, to_builtins
+from chat_server.wire import message_info, route_info, to_builtins
 from protocol.errors import ErrorCode
-from protocol.messages import Ack, AssistantRef, TurnStart
+from protocol.messages import Ack, AssistantRef, MessageInfo, TurnStart
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A turn worked out ahead (early routing, while a voice user is still speaking):
-    the route and the model history, as of ``last_seq``."""
+    the route and the model history, as of ``last_seq`` with ``leaf_id`` shown."""
 
     conversation_id: uuid.UUID
     decision: router.Decision
     history: list[ChatTurn]
     last_seq: int
+    leaf_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +51,20 @@ class TurnRequest:
     text: str
     assistant_id: uuid.UUID | None = None
     prepared: Prepared | None = None
+    edit_of: uuid.UUID | None = None  # the user turn this one corrects (a new branch)
+    regenerate: uuid.UUID | None = None  # answer this user turn again (``text`` unused)
 
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """A committed user turn: its ack, its row, and the generation that will answer it
-    (None for a duplicate, already answered or being answered)."""
+    """A committed user turn: its ack, its row (placed among its alternatives), and the
+    generation that will answer it (None for a duplicate, already answered or being
+    answered)."""
 
     ack: Ack
     user_message: MessageRow
     generation: Generation | None
+    announce: MessageInfo | None = None  # the new user turn's ``message``, to publish
 
 
 class Intake:
@@ -102,29 +107,33 @@ class Intake:
             rows = await queries.context_window(
                 s,
                 conversation_id,
-                before_seq=conversation.last_seq + 1,
+                tip=conversation.leaf_id,
                 limit=self._settings.history_messages - 1,
             )
         settled = not await self._inflight.active(conversation_id)
         last_seq = conversation.last_seq if settled else -1
-        return Prepared(conversation_id, decision, chat_turns(rows), last_seq)
+        return Prepared(conversation_id, decision, chat_turns(rows), last_seq, conversation.leaf_id)
 
     async def store(self, request: TurnRequest) -> Stored:
-        """Validate, route and commit a user turn.
+        """Validate, route and commit a user turn (or, with ``regenerate``, a new reply
+        placeholder for an earlier one).
 
         With ``prepared`` (and no explicit assistant) the route is not worked out again,
         and if nothing was stored in between, neither is the history."""
-        text, conversation_id = request.text, request.conversation_id
-        if len(text) > self._settings.max_text_chars:
-            raise ChatError(
-                ErrorCode.TEXT_TOO_LONG,
-                f"text is {len(text)} characters; the limit is {self._settings.max_text_chars}",
-            )
-        if not text.strip():
-            raise ChatError(ErrorCode.BAD_MESSAGE, "text must not be empty")
+        conversation_id = request.conversation_id
+        if request.regenerate is not None:
+            async with self._db.begin() as s:  # its text, to route it again
+                await conversations.owned(s, request.owner_id, conversation_id)
+                turn = await conversations.user_turn(s, conversation_id, request.regenerate)
+            text = turn.text
+        else:
+            text = request.text
+            self._check_text(text)
         prepared = request.prepared
-        if request.assistant_id is not None or (
-            prepared and prepared.conversation_id != conversation_id
+        if (
+            request.assistant_id is not None
+            or request.edit_of is not None
+            or (prepared and prepared.conversation_id != conversation_id)
         ):
             prepared = None
         vector = None if prepared or request.assistant_id else await self.embed_turn(text)
@@ -137,41 +146,71 @@ class Intake:
                     s, request.owner_id, conversation_id, text, vector, request.assistant_id
                 )
             route = route_info(decision)
-            stored = await queries.store_turn(
-                s,
-                conversation_id,
-                client_id=request.client_id,
-                text=text,
-                assistant_id=decision.assistant.id,
-                reply_meta={"model": decision.model, "route": to_builtins(route)},
-            )
-        user = stored.user_message
-        ack = Ack(
-            id=request.client_id, message_id=user.id, seq=user.seq, duplicate=stored.duplicate
-        )
-        if stored.reply is None:
+            meta = {"model": decision.model, "route": to_builtins(route)}
+            if request.regenerate is not None:
+                stored = await queries.store_regeneration(
+                    s,
+                    conversation_id,
+                    client_id=request.client_id,
+                    user_message=turn,
+                    assistant_id=decision.assistant.id,
+                    reply_meta=meta,
+                )
+            else:
+                edit = None
+                if request.edit_of is not None:
+                    edit = await conversations.user_turn(s, conversation_id, request.edit_of)
+                stored = await queries.store_turn(
+                    s,
+                    conversation_id,
+                    client_id=request.client_id,
+                    text=text,
+                    assistant_id=decision.assistant.id,
+                    reply_meta=meta,
+                    edit_of=edit,
+                )
+        user, reply = stored.user_message, stored.reply
+        if reply is None:  # a resend: the first one's ack (a regenerate's: its reply)
+            ack = Ack(id=request.client_id, message_id=user.id, seq=user.seq, duplicate=True)
             return Stored(ack, user, None)
+        regenerating = request.regenerate is not None
+        acked = reply if regenerating else user
+        ack = Ack(id=request.client_id, message_id=acked.id, seq=acked.seq)
         start = TurnStart(
             conversation_id=conversation_id,
-            seq=stored.reply.seq,
-            turn_id=stored.reply.id,
+            seq=reply.seq,
+            turn_id=reply.id,
             reply_to=user.id,
             assistant=AssistantRef(id=decision.assistant.id, name=decision.assistant.name),
             model=decision.model,
             route=route,
+            alternatives=stored.reply_place[1],
         )
         history = None
-        if prepared is not None and prepared.last_seq == user.seq - 1:
+        if (
+            prepared is not None
+            and prepared.last_seq == user.seq - 1
+            and prepared.leaf_id == user.parent_id
+        ):
             history = [*prepared.history, ChatTurn("user", text)]
         generation = Generation(
             self._context,
             start,
             system_prompt=decision.assistant.system_prompt,
-            user_seq=user.seq,
             history=history,
             token_budget=budget,
         )
-        return Stored(ack, user, generation)
+        announce = None if regenerating else message_info(user, *stored.user_place)
+        return Stored(ack, user, generation, announce)
+
+    def _check_text(self, text: str) -> None:
+        if len(text) > self._settings.max_text_chars:
+            raise ChatError(
+                ErrorCode.TEXT_TOO_LONG,
+                f"text is {len(text)} characters; the limit is {self._settings.max_text_chars}",
+            )
+        if not text.strip():
+            raise ChatError(ErrorCode.BAD_MESSAGE, "text must not be empty")
 
     async def _within_limits(self, s: AsyncSession, owner_id: uuid.UUID) -> int | None:
         """The daily quota (quota_exceeded, with the reset time, when spent) and at most

@@ -26,6 +26,7 @@ export interface ConversationInfo {
     assistant_id?: string | null;
     id: string;
     last_seq?: number;
+    leaf_id?: string | null;
     title?: string | null;
 }
 /** The conversation changed (renamed over REST): sent to every device joined to it,
@@ -149,12 +150,15 @@ export interface Message {
     type: "message";
 }
 export interface MessageInfo {
+    alternative?: number;
+    alternatives?: number;
     assistant_id?: string | null;
     client_id?: string | null;
     created_at: string;
     finish_reason?: FinishReason | null;
     id: string;
     model?: string | null;
+    parent_id?: string | null;
     reply_to?: string | null;
     role: Role;
     seq: number;
@@ -177,6 +181,15 @@ export interface Presence {
     type: "presence";
     users: string[];
 }
+/** A new reply to the user turn ``reply_to``; the earlier ones stay as alternatives.
+ * ``id`` is the idempotency key, like a send's: the ack names the new reply. */
+export interface Regenerate {
+    assistant_id?: string | null;
+    conversation_id: string;
+    id: string;
+    reply_to: string;
+    type: "regenerate";
+}
 export type Role = "assistant" | "user";
 /** Why this assistant and model answer. ``reason``: explicit (the turn named it),
  * skill (a skill matched at or above its threshold), default (nothing confident: the
@@ -193,10 +206,15 @@ export interface RouteInfo {
     thinking_budget?: number | null;
     why?: string | null;
 }
-/** A user turn. ``id`` is the idempotency key: resending it returns the first ack. */
+/** A user turn. ``id`` is the idempotency key: resending it returns the first ack.
+ *
+ * ``edit_of``: a user turn of this conversation this one corrects; it becomes an
+ * alternative of it (a new branch from its parent) and the model sees only that
+ * branch. */
 export interface Send {
     assistant_id?: string | null;
     conversation_id: string;
+    edit_of?: string | null;
     id: string;
     text: string;
     type: "send";
@@ -209,6 +227,17 @@ export interface SessionOptions {
     speech_chunks?: boolean;
     speech_max_wait_ms?: number;
     thoughts?: boolean;
+}
+/** Show the branch through ``message_id``, or through its ``alternative``-th
+ * sibling (1-based): the newest message below it becomes the leaf. Answered with a
+ * ``history`` page of the branch now shown. */
+export interface Switch {
+    alternative?: number | null;
+    conversation_id: string;
+    id?: string | null;
+    limit?: number;
+    message_id: string;
+    type: "switch";
 }
 /** A piece of the model's thought summary for a reply, before its text; only to
  * connections that asked (``hello.options.thoughts``), never stored or replayed. */
@@ -230,6 +259,7 @@ export interface TurnEnd {
     usage?: Usage;
 }
 export interface TurnStart {
+    alternatives?: number;
     assistant: AssistantRef;
     conversation_id: string;
     model: string;
@@ -267,7 +297,7 @@ export interface Welcome {
     type: "welcome";
     user_id: string;
 }
-export type ClientMessage = Hello | Join | Send | Input | Cancel | History | Leave | Typing | Ping;
+export type ClientMessage = Hello | Join | Send | Regenerate | Switch | Input | Cancel | History | Leave | Typing | Ping;
 export type ServerMessage = Welcome | Joined | Ack | Message | TurnStart | Delta | Thought | TurnEnd | InputEvent | TypingEvent | Presence | ConversationUpdated | HistoryPage | Left | Pong | GoAway | ErrorFrame;
 export interface CloseCodeInfo {
     name: string;
