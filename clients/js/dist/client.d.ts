@@ -22,6 +22,7 @@ export interface Reply {
     turnId: string;
     seq: number;
     replyTo: string;
+    alternatives: number;
     assistant: AssistantRef;
     model: string;
     route: RouteInfo;
@@ -48,12 +49,31 @@ export interface ClientState {
         message: string;
     };
 }
+/** A turn waiting for its ack: a send (maybe an edit) or a regenerate. */
 export interface OutboxEntry {
+    type: "send" | "regenerate";
     id: string;
     conversation_id: string;
-    text: string;
+    text?: string;
     assistant_id?: string | null;
+    edit_of?: string | null;
+    reply_to?: string;
 }
+/** One message of the branch shown: stored, or a reply still streaming. */
+export interface BranchItem {
+    id: string;
+    seq: number;
+    role: "user" | "assistant";
+    text: string;
+    parentId: string | null;
+    alternative: number;
+    alternatives: number;
+    message?: MessageInfo;
+    reply?: Reply;
+}
+/** The branch a conversation shows, oldest first: up from its leaf by parent links, as
+ * far as this device holds messages (older ones come with history pages). */
+export declare function activeBranch(c: ConversationState): BranchItem[];
 /** The server answered a request with an error frame that must not be retried. */
 export declare class ChatError extends Error {
     readonly code: string;
@@ -87,10 +107,24 @@ export declare class ChatClient {
     join(conversationId: string): Promise<ConversationInfo>;
     create(title?: string, assistantId?: string): Promise<ConversationInfo>;
     leave(conversationId: string): Promise<void>;
-    /** Send a user turn; resolves with the server's ack (the turn is stored). */
-    send(conversationId: string, text: string, assistantId?: string): Promise<Ack>;
+    /** Send a user turn (with editOf: a corrected version of an earlier one, on a new
+     * branch); resolves with the server's ack (the turn is stored). */
+    send(conversationId: string, text: string, assistantId?: string, editOf?: string): Promise<Ack>;
+    /** A new reply to the user turn replyTo (the earlier ones stay, as alternatives);
+     * resolves with the ack naming the new reply. Kept in the outbox like a send. */
+    regenerate(conversationId: string, replyTo: string, assistantId?: string): Promise<Ack>;
+    /** Show the branch through messageId, or through its alternative-th sibling; every
+     * device of the conversation follows. Resolves with a history page of that branch. */
+    switch(conversationId: string, messageId: string, alternative?: number): Promise<HistoryPage>;
+    private enqueue;
     cancel(conversationId: string, turnId?: string, heardChars?: number): void;
+    /** A page of the branch shown, before beforeSeq; its messages join the state. */
     history(conversationId: string, beforeSeq?: number, limit?: number): Promise<HistoryPage>;
+    /** Stored messages of a history page into the state (streaming ones come as replies). */
+    private absorb;
+    /** Every new message becomes the leaf of the branch shown; a replayed one (not newer
+     * than what joined described) does not: a switch made meanwhile stays. */
+    private grow;
     /** Voice: a partial transcript, or the final one (which commits the turn). */
     input(conversationId: string, inputId: string, text: string, final?: boolean, heardChars?: number): void;
     typing(conversationId: string, active: boolean): void;

@@ -8,6 +8,34 @@
 // with --experimental-websocket).
 import { CLOSE_CODES, PROTOCOL_VERSION, } from "./protocol.js";
 export * from "./protocol.js";
+/** The branch a conversation shows, oldest first: up from its leaf by parent links, as
+ * far as this device holds messages (older ones come with history pages). */
+export function activeBranch(c) {
+    const byId = new Map();
+    for (const m of Object.values(c.messages)) {
+        byId.set(m.id, {
+            id: m.id, seq: m.seq, role: m.role, text: m.text, parentId: m.parent_id ?? null,
+            alternative: m.alternative ?? 1, alternatives: m.alternatives ?? 1, message: m,
+        });
+    }
+    for (const r of Object.values(c.replies)) {
+        const item = byId.get(r.turnId);
+        if (item)
+            item.reply = r;
+        else
+            byId.set(r.turnId, {
+                id: r.turnId, seq: r.seq, role: "assistant", text: r.text, parentId: r.replyTo,
+                alternative: r.alternatives, alternatives: r.alternatives, reply: r,
+            });
+    }
+    const branch = [];
+    let at = c.info.leaf_id ? byId.get(c.info.leaf_id) : undefined;
+    while (at) {
+        branch.push(at);
+        at = at.parentId ? byId.get(at.parentId) : undefined;
+    }
+    return branch.reverse();
+}
 /** The server answered a request with an error frame that must not be retried. */
 export class ChatError extends Error {
     code;
@@ -48,7 +76,8 @@ export class ChatClient {
         this.storage = opts.storage ?? memoryStorage();
         this.outboxKey = `chat-outbox:${opts.token}`;
         const saved = this.storage.getItem(this.outboxKey);
-        this.state.outbox = saved ? JSON.parse(saved) : [];
+        // Entries saved before regenerate existed have no type: they are sends.
+        this.state.outbox = saved ? JSON.parse(saved).map((e) => ({ ...e, type: e.type ?? "send" })) : [];
     }
     /** Listen to a server message type ("delta", "turn_end", …), or "status"/"state". */
     on(type, listener) {
@@ -93,16 +122,42 @@ export class ChatClient {
         delete this.state.conversations[conversationId];
         this.emit("state", this.state);
     }
-    /** Send a user turn; resolves with the server's ack (the turn is stored). */
-    send(conversationId, text, assistantId) {
-        const entry = { id: newId(), conversation_id: conversationId, text };
+    /** Send a user turn (with editOf: a corrected version of an earlier one, on a new
+     * branch); resolves with the server's ack (the turn is stored). */
+    send(conversationId, text, assistantId, editOf) {
+        const entry = { type: "send", id: newId(), conversation_id: conversationId, text };
         if (assistantId)
             entry.assistant_id = assistantId;
+        if (editOf)
+            entry.edit_of = editOf;
+        return this.enqueue(entry);
+    }
+    /** A new reply to the user turn replyTo (the earlier ones stay, as alternatives);
+     * resolves with the ack naming the new reply. Kept in the outbox like a send. */
+    regenerate(conversationId, replyTo, assistantId) {
+        const entry = { type: "regenerate", id: newId(), conversation_id: conversationId, reply_to: replyTo };
+        if (assistantId)
+            entry.assistant_id = assistantId;
+        return this.enqueue(entry);
+    }
+    /** Show the branch through messageId, or through its alternative-th sibling; every
+     * device of the conversation follows. Resolves with a history page of that branch. */
+    async switch(conversationId, messageId, alternative) {
+        const page = await this.request({
+            type: "switch",
+            conversation_id: conversationId,
+            message_id: messageId,
+            alternative: alternative ?? null,
+        });
+        this.absorb(page);
+        return page;
+    }
+    enqueue(entry) {
         this.state.outbox.push(entry);
         this.saveOutbox();
         const acked = new Promise((resolve, reject) => this.sends.set(entry.id, { resolve, reject }));
         if (this.state.status === "open")
-            this.transmit({ type: "send", ...entry });
+            this.transmit(entry);
         return acked;
     }
     cancel(conversationId, turnId, heardChars) {
@@ -113,13 +168,34 @@ export class ChatClient {
             heard_chars: heardChars ?? null,
         });
     }
-    history(conversationId, beforeSeq, limit = 50) {
-        return this.request({
+    /** A page of the branch shown, before beforeSeq; its messages join the state. */
+    async history(conversationId, beforeSeq, limit = 50) {
+        const page = await this.request({
             type: "history",
             conversation_id: conversationId,
             before_seq: beforeSeq ?? null,
             limit,
         });
+        this.absorb(page);
+        return page;
+    }
+    /** Stored messages of a history page into the state (streaming ones come as replies). */
+    absorb(page) {
+        const c = this.state.conversations[page.conversation_id];
+        if (!c)
+            return;
+        for (const m of page.messages)
+            if (m.status !== "streaming")
+                c.messages[m.seq] = m;
+        this.emit("state", this.state);
+    }
+    /** Every new message becomes the leaf of the branch shown; a replayed one (not newer
+     * than what joined described) does not: a switch made meanwhile stays. */
+    grow(c, seq, id) {
+        if (seq <= (c.info.last_seq ?? 0))
+            return;
+        c.info.last_seq = seq;
+        c.info.leaf_id = id;
     }
     /** Voice: a partial transcript, or the final one (which commits the turn). */
     input(conversationId, inputId, text, final = false, heardChars) {
@@ -178,7 +254,7 @@ export class ChatClient {
             await this.request({ type: "join", conversation_id: id, ...this.resumeOf(id) });
         }
         for (const entry of this.state.outbox)
-            this.transmit({ type: "send", ...entry });
+            this.transmit(entry);
     }
     resumeOf(conversationId) {
         const c = this.state.conversations[conversationId];
@@ -260,6 +336,7 @@ export class ChatClient {
                     break;
                 c.messages[message.seq] = message.message;
                 c.lastSeq = Math.max(c.lastSeq, message.seq);
+                this.grow(c, message.seq, message.message.id);
                 const finished = c.replies[message.message.id];
                 if (finished) {
                     // The reply ended while this device was away: the stored text is the reply.
@@ -273,9 +350,10 @@ export class ChatClient {
                 const c = this.state.conversations[message.conversation_id];
                 if (!c || c.replies[message.turn_id])
                     break;
+                this.grow(c, message.seq, message.turn_id);
                 c.replies[message.turn_id] = {
                     turnId: message.turn_id, seq: message.seq, replyTo: message.reply_to,
-                    assistant: message.assistant, model: message.model, route: message.route, text: "", done: false,
+                    alternatives: message.alternatives ?? 1, assistant: message.assistant, model: message.model, route: message.route, text: "", done: false,
                 };
                 break;
             }
@@ -306,8 +384,15 @@ export class ChatClient {
             }
             case "conversation": {
                 const c = this.state.conversations[message.conversation_id];
-                if (c)
-                    c.info = message.conversation; // renamed
+                if (!c)
+                    break;
+                const leaf = message.conversation.leaf_id;
+                const known = !leaf || Object.values(c.messages).some((m) => m.id === leaf) || leaf in c.replies;
+                // Renamed, or another branch shown: a switch on another device. Its messages may
+                // be older than this device holds: then they come with a history page.
+                c.info = { ...message.conversation, last_seq: Math.max(c.info.last_seq ?? 0, message.conversation.last_seq ?? 0) };
+                if (!known)
+                    void this.history(message.conversation_id).catch(() => { });
                 break;
             }
             case "presence": {
@@ -352,7 +437,7 @@ export class ChatClient {
         else if (send && error.retryable) {
             const entry = this.state.outbox.find((e) => e.id === id);
             if (entry)
-                setTimeout(() => this.transmit({ type: "send", ...entry }), error.retry_after_ms ?? 1000);
+                setTimeout(() => this.transmit(entry), error.retry_after_ms ?? 1000);
         }
         this.pending.get(id)?.reject(failure);
         this.pending.delete(id);

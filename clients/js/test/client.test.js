@@ -3,7 +3,7 @@
 // first one's process, CHAT_WS_JWT a server that requires signed tokens.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ChatClient } from "../dist/client.js";
+import { ChatClient, activeBranch } from "../dist/client.js";
 
 const A = process.env.CHAT_WS_A;
 const B = process.env.CHAT_WS_B;
@@ -127,6 +127,46 @@ test("a 4401 close stops reconnecting and surfaces the error", async () => {
   assert.equal(client.state.error.code, 4401);
   await new Promise((r) => setTimeout(r, 300));
   assert.equal(client.state.status, "closed", "no reconnect after 4401");
+});
+
+test("regenerate, edit and switch: devices on two replicas show the same branch", async () => {
+  const token = user();
+  const phone = new ChatClient({ url: A, token });
+  const laptop = new ChatClient({ url: B, token });
+  await phone.connect();
+  await laptop.connect();
+  const conversation = await phone.create("branches");
+  const cid = conversation.id;
+  await laptop.join(cid);
+  const ended = (id) => until(laptop, "turn_end", (e) => e.turn_id === id || e.message.reply_to === id);
+  const first = await phone.send(cid, `plan my week ${slow(20, 100)}`);
+  await ended(first.message_id);
+
+  const again = await phone.regenerate(cid, first.message_id);
+  assert.equal(again.seq, 3);
+  await ended(again.message_id);
+  const branchOf = (client) => activeBranch(client.state.conversations[cid]);
+  assert.deepEqual(branchOf(laptop).map((m) => m.id), [first.message_id, again.message_id]);
+  assert.deepEqual([branchOf(laptop)[1].alternative, branchOf(laptop)[1].alternatives], [2, 2]);
+
+  const edit = await phone.send(cid, `plan my month ${slow(20, 100)}`, undefined, first.message_id);
+  await ended(edit.message_id);
+  const edited = branchOf(laptop);
+  assert.deepEqual(edited.map((m) => m.role), ["user", "assistant"]);
+  assert.equal(edited[0].id, edit.message_id);
+  assert.deepEqual([edited[0].alternative, edited[0].alternatives], [2, 2]);
+  assert.deepEqual(branchOf(phone).map((m) => m.id), edited.map((m) => m.id));
+
+  // Back to the first turn, from the laptop: the phone follows.
+  const heard = until(phone, "conversation", (e) => e.conversation.leaf_id === again.message_id);
+  const page = await laptop.switch(cid, edit.message_id, 1);
+  assert.deepEqual(page.messages.map((m) => m.id), [first.message_id, again.message_id]);
+  await heard;
+  for (const client of [phone, laptop]) {
+    assert.deepEqual(branchOf(client).map((m) => m.id), [first.message_id, again.message_id]);
+  }
+  phone.close();
+  laptop.close();
 });
 
 test("go_away reconnects to the other replica and the reply continues exactly", async () => {
