@@ -13,8 +13,9 @@ The guarantees are the TypeScript client's (``clients/js``):
 - A resume sends ``after_seq``, and ``offsets`` for the replies still streaming. Deltas
   are applied by offset, so a repeated or overlapping delta changes nothing.
 - ``state`` holds the conversations, their messages by seq and their replies by turn
-  id, for a UI to render from. ``on(type, callback)`` sees every server message as it
-  arrives, before it is applied.
+  id, for a UI to render from; ``ConversationState.branch()`` is the branch shown
+  (``regenerate``, ``send(edit_of=…)`` and ``switch`` make and pick branches).
+  ``on(type, callback)`` sees every server message as it arrives, before it is applied.
 
 Imports ``protocol`` (the typed wire messages) and ``websockets``, nothing of the server.
 """
@@ -58,10 +59,12 @@ from protocol.messages import (
     Message,
     MessageInfo,
     Presence,
+    Regenerate,
     RouteInfo,
     Send,
     ServerMessage,
     SessionOptions,
+    Switch,
     TurnEnd,
     TurnStart,
     Usage,
@@ -90,6 +93,8 @@ class Reply:
     assistant: AssistantRef
     model: str
     route: RouteInfo
+    reply_to: uuid.UUID | None = None
+    alternatives: int = 1  # replies to ``reply_to``, this one the newest
     text: str = ""
     done: bool = False
     finish_reason: FinishReason | None = None
@@ -104,13 +109,34 @@ class ConversationState:
     replies: dict[uuid.UUID, Reply] = field(default_factory=dict)
     devices: int = 0
 
+    def branch(self) -> list[MessageInfo | Reply]:
+        """The branch shown, oldest first: up from the leaf by parent links, as far as
+        this client holds messages (older ones come with ``history``). A reply still
+        streaming is its ``Reply``."""
+        held: dict[uuid.UUID, MessageInfo | Reply] = {m.id: m for m in self.messages.values()}
+        for reply in self.replies.values():
+            held.setdefault(reply.turn_id, reply)
+        path: list[MessageInfo | Reply] = []
+        at = held.get(self.info.leaf_id) if self.info.leaf_id else None
+        while at is not None:
+            path.append(at)
+            parent = at.parent_id if isinstance(at, MessageInfo) else at.reply_to
+            at = held.get(parent) if parent else None
+        return path[::-1]
+
+    def grow(self, seq: int, message_id: uuid.UUID) -> None:
+        """Every new message becomes the leaf; a replayed one (not newer than what
+        ``joined`` described) does not, so a switch made meanwhile stays."""
+        if seq > self.info.last_seq:
+            self.info = msgspec.structs.replace(self.info, last_seq=seq, leaf_id=message_id)
+
 
 @dataclass
 class ClientState:
     status: str = "closed"  # connecting | open | reconnecting | closed
     user_id: str | None = None
     conversations: dict[uuid.UUID, ConversationState] = field(default_factory=dict)
-    outbox: list[Send] = field(default_factory=list)
+    outbox: list[Send | Regenerate] = field(default_factory=list)
     error: ChatClientError | None = None
 
 
@@ -146,7 +172,7 @@ class ChatClient:
         self._retry_after_s = 0.0
         if outbox_path is not None and outbox_path.exists():
             saved = json.loads(outbox_path.read_text())
-            self.state.outbox = [msgspec.convert(entry, Send) for entry in saved]
+            self.state.outbox = [msgspec.convert(entry, Send | Regenerate) for entry in saved]
 
     # ------------------------------------------------------------------ public
 
@@ -206,16 +232,50 @@ class ChatClient:
         return joined.conversation
 
     async def send(
-        self, conversation_id: uuid.UUID, text: str, assistant_id: uuid.UUID | None = None
+        self,
+        conversation_id: uuid.UUID,
+        text: str,
+        assistant_id: uuid.UUID | None = None,
+        *,
+        edit_of: uuid.UUID | None = None,
     ) -> Ack:
-        """A user turn; returns its ack (the turn is stored), however many reconnects
-        that takes."""
+        """A user turn (with ``edit_of``: a corrected version of an earlier one, on a new
+        branch); returns its ack (the turn is stored), however many reconnects that
+        takes."""
         frame = Send(
             id=uuid.uuid4().hex,
             conversation_id=conversation_id,
             text=text,
             assistant_id=assistant_id,
+            edit_of=edit_of,
         )
+        return await self._enqueue(frame)
+
+    async def regenerate(
+        self, conversation_id: uuid.UUID, reply_to: uuid.UUID, assistant_id: uuid.UUID | None = None
+    ) -> Ack:
+        """A new reply to the user turn ``reply_to`` (the earlier ones stay as
+        alternatives); returns the ack naming it. Kept in the outbox like a send."""
+        frame = Regenerate(
+            id=uuid.uuid4().hex,
+            conversation_id=conversation_id,
+            reply_to=reply_to,
+            assistant_id=assistant_id,
+        )
+        return await self._enqueue(frame)
+
+    async def switch(
+        self, conversation_id: uuid.UUID, message_id: uuid.UUID, alternative: int | None = None
+    ) -> HistoryPage:
+        """Show the branch through ``message_id`` (or its ``alternative``-th sibling);
+        every device of the conversation follows. Returns a page of that branch."""
+        frame = Switch(
+            conversation_id=conversation_id, message_id=message_id, alternative=alternative
+        )
+        page: HistoryPage = await self._request(frame)
+        return page
+
+    async def _enqueue(self, frame: Send | Regenerate) -> Ack:
         self.state.outbox.append(frame)
         self._save_outbox()
         acked: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
@@ -236,6 +296,7 @@ class ChatClient:
     async def history(
         self, conversation_id: uuid.UUID, before_seq: int | None = None, limit: int = 50
     ) -> HistoryPage:
+        """A page of the branch shown, before ``before_seq``; its messages join the state."""
         query = History(conversation_id=conversation_id, before_seq=before_seq, limit=limit)
         page: HistoryPage = await self._request(query)
         return page
@@ -388,13 +449,21 @@ class ChatClient:
             case Message() if c is not None:
                 c.messages[message.seq] = message.message
                 c.last_seq = max(c.last_seq, message.seq)
+                c.grow(message.seq, message.message.id)
                 finished = c.replies.get(message.message.id)
                 if finished is not None:  # the reply ended while this device was away
                     finished.text, finished.done = message.message.text, True
                     finished.finish_reason = message.message.finish_reason
             case TurnStart() if c is not None and message.turn_id not in c.replies:
+                c.grow(message.seq, message.turn_id)
                 c.replies[message.turn_id] = Reply(
-                    message.turn_id, message.seq, message.assistant, message.model, message.route
+                    message.turn_id,
+                    message.seq,
+                    message.assistant,
+                    message.model,
+                    message.route,
+                    message.reply_to,
+                    message.alternatives,
                 )
             case Delta() if c is not None:
                 reply = c.replies.get(message.turn_id)
@@ -410,7 +479,17 @@ class ChatClient:
                 c.messages[message.seq] = message.message
                 c.last_seq = max(c.last_seq, message.seq)
             case ConversationUpdated() if c is not None:
-                c.info = message.conversation  # renamed
+                # Renamed, or another branch shown (a switch): what the leaf needs that
+                # this client lacks comes with a history page.
+                info = message.conversation
+                c.info = msgspec.structs.replace(info, last_seq=max(info.last_seq, c.info.last_seq))
+                held = {m.id for m in c.messages.values()} | set(c.replies)
+                if info.leaf_id is not None and info.leaf_id not in held:
+                    asyncio.get_running_loop().create_task(self._refresh(info.id))
+            case HistoryPage() if c is not None:
+                for stored in message.messages:
+                    if stored.status != "streaming":
+                        c.messages[stored.seq] = stored
             case Presence() if c is not None:
                 c.devices = message.devices
             case GoAway():
@@ -428,6 +507,10 @@ class ChatClient:
             future = self._pending.pop(request_id, None)
             if future is not None and not future.done():
                 future.set_result(message)
+
+    async def _refresh(self, conversation_id: uuid.UUID) -> None:
+        with contextlib.suppress(ChatClientError):
+            await self.history(conversation_id)
 
     def _on_error(self, error: Error) -> None:
         if error.retry_after_ms:

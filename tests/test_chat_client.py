@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chat_client import ChatClient, ChatClientError
 from chat_server.config import Secret
 from chat_server.storage.models import Message as MessageRow
-from protocol.messages import Delta, GoAway, TurnEnd, TurnStart
+from protocol.messages import Ack, Delta, GoAway, MessageInfo, TurnEnd, TurnStart
 from tests.replicas import Replica
 from tests.servers import RunningServer
 from tests.wsclient import directive, new_user
@@ -128,6 +128,56 @@ async def test_the_outbox_file_survives_a_restart_of_the_client(
     assert not path.exists()
     texts = [r.text for r in await rows(db, info.id)]
     assert texts.count("sent while offline") == 1
+    await second.close()
+
+
+async def test_a_regenerate_queued_offline_survives_a_restart_and_branches_follow(
+    server: RunningServer, db: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    user, path = new_user(), tmp_path / "outbox.json"
+    first = ChatClient(server.ws, user, outbox_path=path)
+    await first.connect()
+    info = await first.create("branches")
+    ended = first.next("turn_end")
+    turn = await first.send(info.id, "pick a name")
+    original: TurnEnd = await asyncio.wait_for(ended, 10)
+    await first.close()
+    pending = asyncio.create_task(first.regenerate(info.id, turn.message_id))
+    await asyncio.sleep(0.05)
+    assert '"type":"regenerate"' in path.read_text().replace(" ", "")
+    pending.cancel()
+
+    second = ChatClient(server.ws, user, outbox_path=path)
+    acked = second.next("ack")
+    ended = second.next("turn_end")
+    await second.connect()  # resends the regenerate: one new reply
+    again: Ack = await asyncio.wait_for(acked, 10)
+    await asyncio.wait_for(ended, 10)
+    c = second.state.conversations[info.id]
+    assert [m.id for m in c.branch()] == [again.message_id], "the user turn is not held yet"
+    stored = await rows(db, info.id)
+    assert [(r.role, r.parent_id) for r in stored] == [
+        ("user", None),
+        ("assistant", turn.message_id),
+        ("assistant", turn.message_id),
+    ]
+
+    ended = second.next("turn_end")
+    edit = await second.send(info.id, "pick a shorter name", edit_of=turn.message_id)
+    await asyncio.wait_for(ended, 10)
+    edited = c.branch()
+    assert [m.id for m in edited][:1] == [edit.message_id]
+    assert isinstance(edited[0], MessageInfo)
+    assert (edited[0].alternative, edited[0].alternatives) == (2, 2)
+
+    page = await second.switch(info.id, edit.message_id, alternative=1)
+    assert [m.id for m in page.messages] == [turn.message_id, again.message_id]
+    assert [m.id for m in c.branch()] == [turn.message_id, again.message_id]
+    shown = c.branch()[-1]
+    assert isinstance(shown, MessageInfo)
+    assert (shown.alternative, shown.alternatives) == (2, 2)
+    assert shown.text
+    assert original.message.alternatives == 1
     await second.close()
 
 

@@ -313,3 +313,49 @@ async def test_scrolling_up_pages_in_older_history(browser: Browser, server: Run
     await page.eval_on_selector("#messages", "el => el.scrollTop = 0")
     await expect(messages).to_have_count(60)
     await expect(messages.first).to_contain_text("turn 0")
+
+
+async def test_regenerate_edit_and_versions_on_the_page(
+    browser: Browser, server: RunningServer
+) -> None:
+    user = new_user()
+    page = await signed_in(browser, server, user)
+    await new_conversation(page, "Versions")
+    quick = directive(ttft_ms=0, tps=500, tokens=6)
+    await send(page, f"name a colour {quick}")
+    done = page.locator("#messages li.msg.assistant[data-streaming='false']")
+    await expect(done).to_have_count(1)
+    messages = page.locator("#messages li.msg")
+
+    # Regenerate: the new reply replaces the shown one; the first stays as version 1/2.
+    await page.get_by_role("button", name="Regenerate this reply").click()
+    await expect(replies(page).locator(".place")).to_have_text("2/2")
+    await expect(messages).to_have_count(2)
+    await expect(done).to_have_count(1)
+    await page.get_by_role("button", name="Previous version").click()
+    await expect(replies(page).locator(".place")).to_have_text("1/2")
+    await expect(page.get_by_role("button", name="Previous version")).to_be_disabled()
+
+    # Edit the turn: a new branch from its parent, with a reply of its own.
+    page.once("dialog", lambda d: asyncio.ensure_future(d.accept(f"name a fruit {quick}")))
+    await page.get_by_role("button", name="Edit and resend").click()
+    user_turn = page.locator("#messages li.msg.user")
+    await expect(user_turn.locator(".body")).to_have_text(re.compile("^name a fruit"))
+    await expect(user_turn.locator(".place")).to_have_text("2/2")
+    await expect(done).to_have_count(1)
+    await expect(replies(page).locator(".place")).to_have_count(0)  # its only reply
+    await shot(page, "versions")
+
+    # A second tab opens on the branch shown, and follows a switch made in the first.
+    other = await signed_in(browser, server, user)
+    await expect(other.locator("#messages li.msg.user .body")).to_have_text(
+        re.compile("^name a fruit")
+    )
+    await page.get_by_role("button", name="Previous version").click()
+    await expect(other.locator("#messages li.msg.user .body")).to_have_text(
+        re.compile("^name a colour")
+    )
+    # A switch shows the newest branch below the version picked: the regenerated reply.
+    await expect(other.locator("#messages li.msg.assistant .place")).to_have_text("2/2")
+    await page.close()
+    await other.close()

@@ -1,7 +1,7 @@
 // The web chat page: the TypeScript client (served from clients/js/dist) for the
 // WebSocket, REST for the team and the conversation list. Model output is untrusted:
 // Markdown is rendered with raw HTML escaped, then sanitised by DOMPurify.
-import { ChatClient } from "/client/client.js";
+import { ChatClient, activeBranch } from "/client/client.js";
 import { marked } from "/web/vendor/marked.esm.js";
 import DOMPurify from "/web/vendor/purify.es.mjs";
 
@@ -153,11 +153,10 @@ async function openConversation(id) {
 async function olderHistory() {
   const c = client.state.conversations[current];
   if (!c) return 0;
-  const seqs = Object.keys(c.messages).map(Number);
-  const before = seqs.length ? Math.min(...seqs) : undefined;
-  if (before === 1) return 0;
-  const page = await client.history(current, before, 50);
-  for (const m of page.messages) if (m.status !== "streaming") c.messages[m.seq] = m;
+  const branch = activeBranch(c);
+  const oldest = branch[0];
+  if (oldest && !oldest.parentId) return 0; // the branch's first turn is shown
+  const page = await client.history(current, oldest?.seq, 50); // joins the client's state
   return page.messages.length;
 }
 
@@ -177,19 +176,14 @@ function render() {
   const c = client.state.conversations[current];
   if (!c) return;
   $("presence").textContent = c.devices ? `${c.devices} device${c.devices > 1 ? "s" : ""} here` : "";
-  const items = [];
-  const shown = new Set();
-  for (const m of Object.values(c.messages)) {
-    if (m.status === "streaming") continue;
-    items.push({ key: m.role === "assistant" ? m.id : `m${m.seq}`, seq: m.seq, role: m.role, text: m.text, message: m });
-    shown.add(m.id);
-  }
-  for (const r of Object.values(c.replies)) {
-    if (shown.has(r.turnId)) continue;
-    items.push({ key: r.turnId, seq: r.seq, role: "assistant", text: r.text, reply: r, streaming: !r.done });
-  }
-  items.sort((a, b) => a.seq - b.seq);
+  // Only the branch shown: regenerated replies and edited turns are its alternatives.
+  const items = activeBranch(c).map((b) => ({
+    key: b.id, seq: b.seq, role: b.role, text: b.message ? b.text : b.reply.text,
+    message: b.message, reply: b.reply, streaming: !b.message && !b.reply.done, branch: b,
+  }));
   const list = $("messages");
+  const keys = new Set(items.map((i) => i.key));
+  for (const li of [...list.children]) if (!keys.has(li.dataset.key)) li.remove();
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   let previous = null;
   for (const item of items) {
@@ -226,14 +220,51 @@ function render() {
 const scrollDown = () => ($("messages").scrollTop = $("messages").scrollHeight);
 
 function metaOf(item, reply) {
-  if (item.role === "user") return "you";
-  return `${reply?.assistant?.name}|${reply?.route?.why}|${item.message?.assistant_id}|${reply?.finishReason}`;
+  const place = `${item.branch.alternative}/${item.branch.alternatives}|${item.streaming}`;
+  if (item.role === "user") return `you|${place}`;
+  return `${reply?.assistant?.name}|${reply?.route?.why}|${item.message?.assistant_id}|${reply?.finishReason}|${place}`;
+}
+
+/** A small button in a message's meta line. */
+function action(label, title, run) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "action";
+  button.textContent = label;
+  button.title = title;
+  button.setAttribute("aria-label", title);
+  button.addEventListener("click", () => run().catch((error) => showStatus(`failed: ${error.message}`)));
+  return button;
+}
+
+/** "‹ 2/3 ›" for a message with alternatives: switch the branch shown. */
+function alternatives(item) {
+  const { id, alternative, alternatives: count } = item.branch;
+  const nav = document.createElement("span");
+  nav.className = "alternatives";
+  const go = (n) => () => client.switch(current, id, n);
+  const previous = action("‹", "Previous version", go(alternative - 1));
+  const next = action("›", "Next version", go(alternative + 1));
+  previous.disabled = alternative <= 1;
+  next.disabled = alternative >= count;
+  const where = document.createElement("span");
+  where.className = "place";
+  where.textContent = `${alternative}/${count}`;
+  nav.append(previous, where, next);
+  return nav;
 }
 
 function fillMeta(meta, item, reply) {
   meta.replaceChildren();
+  if (item.branch.alternatives > 1) meta.append(alternatives(item));
   if (item.role === "user") {
-    meta.textContent = "you";
+    meta.append("you");
+    // Edit: the corrected turn starts a new branch from this one's parent.
+    meta.append(action("Edit", "Edit and resend", async () => {
+      const text = prompt("Edit your message", item.text);
+      if (text === null || !text.trim() || text.trim() === item.text) return;
+      await client.send(current, text.trim(), undefined, item.key);
+    }));
     return;
   }
   const who = document.createElement("strong");
@@ -246,6 +277,9 @@ function fillMeta(meta, item, reply) {
     meta.append(why);
   }
   if (reply?.finishReason && reply.finishReason !== "stop") meta.append(` (${reply.finishReason})`);
+  if (!item.streaming && item.branch.parentId) {
+    meta.append(action("Regenerate", "Regenerate this reply", () => client.regenerate(current, item.branch.parentId)));
+  }
   const replyId = item.message?.id ?? reply?.turnId;
   if (!replyId) return;
   const select = document.createElement("select");
