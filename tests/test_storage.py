@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
+import asyncpg
 import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, select, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -202,3 +205,62 @@ async def test_a_connection_dropped_right_after_use_fails_once_then_is_replaced(
         await _backend_pid(engine)
     assert await _backend_pid(engine) != first
     await engine.dispose()
+
+
+def test_migration_0005_links_existing_history_into_one_branch(database_url: str) -> None:
+    """Conversations stored before branches existed become one linear branch: each
+    message's parent is the one before it by seq, the newest is the leaf."""
+    name = f"backfill_{uuid.uuid4().hex[:8]}"
+    url = make_url(database_url).set(database=name).render_as_string(hide_password=False)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def run(sql: str, *args: Any) -> list[Any]:
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        migrate.upgrade(url, "0004")
+        user, conversation = uuid.uuid4(), uuid.uuid4()
+        ids = [uuid.uuid4() for _ in range(4)]
+        asyncio.run(run("INSERT INTO users (id, external_id) VALUES ($1, 'old')", user))
+        asyncio.run(
+            run(
+                "INSERT INTO conversations (id, owner_id, last_seq) VALUES ($1, $2, 4)",
+                conversation,
+                user,
+            )
+        )
+        for seq, message_id in enumerate(ids, start=1):
+            role = "user" if seq % 2 else "assistant"
+            asyncio.run(
+                run(
+                    "INSERT INTO messages (id, conversation_id, seq, role, text, status, meta)"
+                    " VALUES ($1, $2, $3, $4, 'x', 'complete', '{}')",
+                    message_id,
+                    conversation,
+                    seq,
+                    role,
+                )
+            )
+        migrate.upgrade(url, "head")
+        rows = asyncio.run(run("SELECT id, parent_id FROM messages ORDER BY seq"))
+        assert [(r["id"], r["parent_id"]) for r in rows] == [
+            (ids[0], None),
+            (ids[1], ids[0]),
+            (ids[2], ids[1]),
+            (ids[3], ids[2]),
+        ]
+        (leaf,) = asyncio.run(run("SELECT leaf_id FROM conversations"))
+        assert leaf["leaf_id"] == ids[3]
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
