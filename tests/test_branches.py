@@ -60,6 +60,14 @@ async def device(url: str, user: str, cid: uuid.UUID | None = None) -> Client:
     return client
 
 
+async def phone_and_laptop(url: str) -> tuple[str, Client, Client, uuid.UUID]:
+    """A new user's two devices, both joined to a new conversation."""
+    user = new_user()
+    phone = await device(url, user)
+    cid = await phone.create()
+    return user, phone, await device(url, user, cid), cid
+
+
 async def turn(client: Client, cid: uuid.UUID, text: str, **send: Any) -> tuple[Ack, TurnEnd]:
     await client.send(Send(id=uuid.uuid4().hex, conversation_id=cid, text=text, **send))
     ack, _ = await client.until(Ack)
@@ -96,10 +104,7 @@ async def test_regenerate_keeps_the_first_reply_as_an_alternative_on_every_devic
     db: async_sessionmaker[AsyncSession],
     sim_requests: Callable[[], list[dict[str, Any]]],
 ) -> None:
-    user = new_user()
-    phone = await device(server.ws, user)
-    cid = await phone.create()
-    laptop = await device(server.ws, user, cid)
+    _user, phone, laptop, cid = await phone_and_laptop(server.ws)
     ack, first = await turn(phone, cid, "plan my day")
     await laptop.until(TurnEnd)
 
@@ -150,10 +155,7 @@ async def test_edit_branches_from_the_parent_and_the_model_sees_only_that_branch
     server: RunningServer,
     sim_requests: Callable[[], list[dict[str, Any]]],
 ) -> None:
-    user = new_user()
-    phone = await device(server.ws, user)
-    cid = await phone.create()
-    laptop = await device(server.ws, user, cid)
+    _user, phone, laptop, cid = await phone_and_laptop(server.ws)
     first, a1 = await turn(phone, cid, "book a table")
     second, _ = await turn(phone, cid, "for four people")
 
@@ -212,10 +214,7 @@ async def test_switch_shows_another_branch_everywhere_and_the_next_turn_follows_
     server: RunningServer,
     sim_requests: Callable[[], list[dict[str, Any]]],
 ) -> None:
-    user = new_user()
-    phone = await device(server.ws, user)
-    cid = await phone.create()
-    laptop = await device(server.ws, user, cid)
+    user, phone, laptop, cid = await phone_and_laptop(server.ws)
     ack, first = await turn(phone, cid, "name our product")
     await phone.send(Regenerate(id="r", conversation_id=cid, reply_to=ack.message_id))
     regenerated = await phone.expect(Ack)

@@ -286,6 +286,10 @@ async def test_the_team_is_created_and_edited_on_the_page(
     ) as http:
         names = {a["name"] for a in (await http.get("/assistants")).json()}
     assert "Travel agent" in names
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept("2048")))
+    agent = page.locator("#assistants li.assistant", has_text="Travel agent")
+    await agent.get_by_role("button", name="Thinking").click()
+    await expect(agent.locator("span").first).to_have_attribute("title", "thinking budget 2048")
     page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     await (
         page.locator("#assistants li.skill", has_text="trips")
@@ -359,3 +363,20 @@ async def test_regenerate_edit_and_versions_on_the_page(
     await expect(other.locator("#messages li.msg.assistant .place")).to_have_text("2/2")
     await page.close()
     await other.close()
+
+
+async def test_thinking_shows_apart_from_the_reply(browser: Browser, server: RunningServer) -> None:
+    page = await signed_in(browser, server, new_user())
+    await new_conversation(page, "Thinking")
+    # A complex turn gets the assistant's thinking budget: the model thinks, and the
+    # page shows its summary folded, apart from the reply.
+    await send(page, "Compare these two plans in detail, step by step, and analyze the risks.")
+    reply = replies(page).last
+    await expect(reply).to_have_attribute("data-streaming", "false")
+    thoughts = reply.locator("details.thoughts")
+    await expect(thoughts).to_be_visible()
+    await expect(thoughts.locator("summary")).to_have_text("Thinking")
+    await thoughts.locator("summary").click()
+    await expect(thoughts).to_contain_text("Understanding the request")
+    await expect(reply.locator(".body")).not_to_contain_text("Understanding the request")
+    await shot(page, "thinking")

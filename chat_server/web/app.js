@@ -58,7 +58,7 @@ async function start() {
     // reply (the first partial transcript) interrupts it where it was heard.
     options: voiceOn
       ? { speech_chunks: true, interrupt_on: "partial", early_routing: true }
-      : { smooth_streaming: true }, // text flows word by word, not in model bursts
+      : { smooth_streaming: true, thoughts: true }, // text flows word by word; thinking shown apart
   });
   client.on("delta", speak);
   client.on("status", showStatus);
@@ -192,7 +192,8 @@ function render() {
       entry = { li: document.createElement("li"), text: null, meta: null };
       entry.li.className = `msg ${item.role}`;
       entry.li.dataset.key = item.key;
-      entry.li.innerHTML = '<div class="meta"></div><div class="body"></div>';
+      entry.li.innerHTML =
+        '<div class="meta"></div><details class="thoughts" hidden><summary>Thinking</summary><div></div></details><div class="body"></div>';
       rendered.set(item.key, entry);
     }
     const reply = item.reply ?? c.replies[item.message?.id];
@@ -200,6 +201,13 @@ function render() {
     if (entry.meta !== meta) {
       entry.meta = meta;
       fillMeta(entry.li.firstChild, item, reply);
+    }
+    const thoughts = reply?.thoughts ?? "";
+    if (entry.thoughts !== thoughts) {
+      entry.thoughts = thoughts; // the model's thought summary: apart, never the reply
+      const details = entry.li.querySelector(".thoughts");
+      details.hidden = !thoughts;
+      details.lastChild.innerHTML = markdown(thoughts);
     }
     if (entry.text !== item.text) {
       entry.text = item.text;
@@ -334,7 +342,16 @@ async function loadTeam() {
     li.className = "assistant";
     const name = document.createElement("span");
     name.textContent = a.name;
-    li.append(name, editButton("Rename", `Rename ${a.name}`, a.name, (v) => api("PATCH", `/assistants/${a.id}`, { name: v })));
+    const budget = a.thinking_budget ?? null; // tokens to think on complex turns
+    if (budget !== null) name.title = `thinking budget ${budget}`;
+    li.append(
+      name,
+      editButton("Rename", `Rename ${a.name}`, a.name, (v) => api("PATCH", `/assistants/${a.id}`, { name: v })),
+      editButton("Thinking", `Thinking tokens for ${a.name}'s complex turns (0: off, -1: the model decides)`, String(budget ?? -1), (v) => {
+        if (!/^-?\d+$/.test(v)) throw new Error("a whole number, -1 or more");
+        return api("PATCH", `/assistants/${a.id}`, { thinking_budget: Number(v) });
+      }),
+    );
     const skills = await api("GET", `/assistants/${a.id}/skills`);
     if (skills.length) {
       const sub = document.createElement("ul");

@@ -27,6 +27,7 @@ export interface Reply {
     model: string;
     route: RouteInfo;
     text: string;
+    thoughts: string;
     done: boolean;
     finishReason?: FinishReason;
     usage?: Usage;

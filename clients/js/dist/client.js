@@ -353,7 +353,7 @@ export class ChatClient {
                 this.grow(c, message.seq, message.turn_id);
                 c.replies[message.turn_id] = {
                     turnId: message.turn_id, seq: message.seq, replyTo: message.reply_to,
-                    alternatives: message.alternatives ?? 1, assistant: message.assistant, model: message.model, route: message.route, text: "", done: false,
+                    alternatives: message.alternatives ?? 1, assistant: message.assistant, model: message.model, route: message.route, text: "", thoughts: "", done: false,
                 };
                 break;
             }
@@ -365,6 +365,13 @@ export class ChatClient {
                 if (message.offset <= reply.text.length && end > reply.text.length) {
                     reply.text += message.text.slice(reply.text.length - message.offset); // by offset
                 }
+                break;
+            }
+            case "thought": {
+                const reply = this.state.conversations[message.conversation_id]?.replies[message.turn_id];
+                // A device that joined mid-reply has only the summary's later part: shown as is.
+                if (reply && message.offset >= reply.thoughts.length)
+                    reply.thoughts += message.text;
                 break;
             }
             case "turn_end": {
