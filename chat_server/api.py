@@ -58,6 +58,7 @@ from chat_server.router.embedding import phrases
 from chat_server.router.learning import learn_misroute
 from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
+from chat_server.tools import api as tools_api
 from chat_server.turns import quota
 from chat_server.wire import conversation_info, message_info
 from protocol.messages import MAX_SEQ, ConversationUpdated
@@ -658,6 +659,9 @@ ENDPOINTS = [
         body_ids=True,
     ),
 ]
+
+
+ENDPOINTS += tools_api.ENDPOINTS
 
 
 def routes() -> list[Route]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -17,7 +17,7 @@ Prose = Annotated[str, msgspec.Meta(max_length=20_000, pattern=NO_NUL)]
 Description = Annotated[str, msgspec.Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
 Title = Annotated[str, msgspec.Meta(max_length=200, pattern=NO_NUL)]
 TurnText = Annotated[str, msgspec.Meta(min_length=1, max_length=16_000, pattern=NO_NUL)]
-Model = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[\w.\-/:]+$")]
+Model = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-/:]+$")]
 Threshold = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 # Thinking tokens for complex turns: 0 off, -1 the model decides.
 ThinkingBudget = Annotated[int, msgspec.Meta(ge=-1, le=32768)]
@@ -56,6 +56,51 @@ class AssistantOut(msgspec.Struct, kw_only=True):
     thinking_budget: int | None
     created_at: datetime
     updated_at: datetime
+
+
+# A function name Gemini accepts; "handoff" is the built-in tool's.
+ToolName = Annotated[str, msgspec.Meta(pattern=r"^(?!handoff$)[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")]
+Url = Annotated[str, msgspec.Meta(min_length=8, max_length=2000, pattern=r"^https?://[^\x00-\x20]+$")]
+TimeoutMs = Annotated[int, msgspec.Meta(ge=100, le=120_000)]
+ResultBytes = Annotated[int, msgspec.Meta(ge=16, le=1_000_000)]
+
+
+class ToolIn(_In):
+    """A webhook the assistant may call; ``url`` must be under ``TOOL_URL_ALLOWLIST``."""
+
+    name: ToolName
+    description: Description
+    parameters: dict[str, Any]  # JSON Schema of the arguments, "type": "object"
+    url: Url
+    timeout_ms: TimeoutMs = 10_000
+    idempotent: bool = False  # retried (same X-Chat-Tool-Call id) when a call fails
+    max_result_bytes: ResultBytes = 16_384
+
+
+class ToolPatch(_In):
+    name: ToolName | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
+    parameters: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    url: Url | msgspec.UnsetType = msgspec.UNSET
+    timeout_ms: TimeoutMs | msgspec.UnsetType = msgspec.UNSET
+    idempotent: bool | msgspec.UnsetType = msgspec.UNSET
+    max_result_bytes: ResultBytes | msgspec.UnsetType = msgspec.UNSET
+
+
+class ToolOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    assistant_id: uuid.UUID
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    url: str
+    # Signs every call: X-Chat-Signature "t=<unix seconds>,v1=<hex HMAC-SHA256 of
+    # '<t>.<body>'>". Shown to the owner only.
+    secret: str
+    timeout_ms: int
+    idempotent: bool
+    max_result_bytes: int
+    created_at: datetime
 
 
 class SkillIn(_In):

@@ -99,6 +99,9 @@ class Settings:
     thinking_budget: int = -1  # THINKING_BUDGET
     fast_thinking_budget: int = 0  # FAST_THINKING_BUDGET
     connections_per_user: int = 50  # CONNECTIONS_PER_USER: a user's open sessions (4005 over)
+    # TOOL_URL_ALLOWLIST: comma-separated URL prefixes tool webhooks may call; empty: none.
+    tool_url_allowlist: str = ""
+    tool_rounds: int = 8  # TOOL_ROUNDS: model responses with tool calls in one reply, at most
     limits: bool = True  # LIMITS: off skips every limit and quota check (usage still counted)
     metrics: bool = True  # METRICS: off serves no /metrics and counts nothing
     outbox_bytes: int = 4 * 1024 * 1024  # OUTBOX_BYTES: ... or queued bytes
@@ -164,6 +167,8 @@ class Settings:
                 "FAST_THINKING_BUDGET", d.fast_thinking_budget, int, -1, 32768
             ),
             connections_per_user=r.number("CONNECTIONS_PER_USER", d.connections_per_user, int, 1),
+            tool_url_allowlist=r.text("TOOL_URL_ALLOWLIST", d.tool_url_allowlist),
+            tool_rounds=r.number("TOOL_ROUNDS", d.tool_rounds, int, 1, 64),
             limits=r.switch("LIMITS", d.limits),
             metrics=r.switch("METRICS", d.metrics),
             outbox_bytes=r.number("OUTBOX_BYTES", d.outbox_bytes, int, 64 * 1024),

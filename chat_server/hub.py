@@ -25,6 +25,8 @@ from protocol.messages import (
     Message,
     Presence,
     Thought,
+    ToolCall,
+    ToolResult,
     TurnEnd,
     TurnStart,
     TypingEvent,
@@ -37,6 +39,8 @@ Broadcast = (
     | TurnStart
     | Delta
     | Thought
+    | ToolCall
+    | ToolResult
     | TurnEnd
     | InputEvent
     | TypingEvent

@@ -19,6 +19,7 @@ from protocol.messages import (
     MessageStatus,
     Role,
     RouteInfo,
+    ToolCallInfo,
 )
 
 
@@ -41,6 +42,7 @@ def message_info(row: MessageRow, alternative: int = 1, alternatives: int = 1) -
         parent_id=row.parent_id,
         alternative=alternative,
         alternatives=alternatives,
+        tools=msgspec.convert(meta.get("tools") or [], list[ToolCallInfo]),  # tool calls
     )
 
 

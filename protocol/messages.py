@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -61,6 +61,7 @@ class FinishReason(enum.StrEnum):
     CANCELLED = "cancelled"  # ``cancel`` without ``heard_chars``: kept everything generated
     INTERRUPTED = "interrupted"  # ``cancel`` with ``heard_chars``: kept what was heard
     QUOTA = "quota"  # the user's daily token quota ran out mid-reply: kept what was generated
+    HANDOFF = "handoff"  # handed to a teammate, whose reply follows (``route.handoff_from``)
     ERROR = "error"
 
 
@@ -279,6 +280,9 @@ class RouteInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     # turns get the low-latency budget, complex ones their assistant's.
     thinking_budget: int | None = None
     why: str | None = None  # one human-readable sentence
+    # A teammate handed the turn over (``handoff`` tool): its assistant id and reason.
+    handoff_from: uuid.UUID | None = None
+    handoff_reason: str | None = None
 
 
 class ErrorInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -286,6 +290,18 @@ class ErrorInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     message: str
     retryable: bool = False
     retry_after_ms: int | None = None  # when the model said how long to wait (a 429)
+
+
+class ToolCallInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A tool the reply called, with its outcome: in ``MessageInfo.tools``, in order."""
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    offset: int  # where in the reply's text the call was made
+    ok: bool = False
+    result: Any = None  # what the tool returned (when ok)
+    error: ErrorInfo | None = None  # why it failed (when not ok)
 
 
 class MessageInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -303,6 +319,7 @@ class MessageInfo(msgspec.Struct, omit_defaults=True, kw_only=True):
     parent_id: uuid.UUID | None = None  # the message before it on its branch
     alternative: int = 1  # which of its siblings this is, 1-based, oldest first
     alternatives: int = 1  # how many siblings (regenerated replies, edited turns)
+    tools: list[ToolCallInfo] = msgspec.field(default_factory=list)  # a reply's tool calls
 
 
 class Message(_Frame, tag="message", kw_only=True):
@@ -342,6 +359,29 @@ class Thought(_Frame, tag="thought", kw_only=True):
     turn_id: uuid.UUID
     offset: int  # where ``text`` starts in the reply's thought summary so far
     text: str
+
+
+class ToolCall(_Frame, tag="tool_call", kw_only=True):
+    """The model called a tool; the server runs it (on the user's backend) now."""
+
+    conversation_id: uuid.UUID
+    turn_id: uuid.UUID
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    offset: int  # where in the reply's text the call was made
+
+
+class ToolResult(_Frame, tag="tool_result", kw_only=True):
+    """A tool's outcome, which the model reads before it goes on."""
+
+    conversation_id: uuid.UUID
+    turn_id: uuid.UUID
+    call_id: str
+    name: str
+    ok: bool
+    result: Any = None
+    error: ErrorInfo | None = None  # tool_timeout | tool_failed | tool_rejected | ...
 
 
 class TurnEnd(_Frame, tag="turn_end", kw_only=True):
@@ -423,6 +463,8 @@ ServerMessage = (
     | TurnStart
     | Delta
     | Thought
+    | ToolCall
+    | ToolResult
     | TurnEnd
     | InputEvent
     | TypingEvent

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server import router
-from chat_server.llm import ChatTurn
+from chat_server.llm import ChatTurn, FunctionCall, FunctionResult
 from chat_server.router.abstain import Calibration, calibrate
 from chat_server.router.analysis import analyse
 from chat_server.router.embedding import HashingEmbedder, hash_embed, phrases
@@ -134,6 +134,16 @@ def test_history_is_fitted_to_the_token_budget_newest_first() -> None:
     assert router.fit_history(turns, budget_tokens=10) == turns[1:]
     assert router.fit_history(turns, budget_tokens=1000) == turns
     assert router.fit_history(turns[:1], budget_tokens=1) == turns[:1], "the new turn stays"
+    call = FunctionCall("c1", "lookup", {})
+    tools = [
+        ChatTurn("user", "word " * 100),
+        ChatTurn("model", "", calls=(call,)),
+        ChatTurn("user", "", results=(FunctionResult("c1", "lookup", {"result": 1}),)),
+        ChatTurn("model", "it is 1"),
+        ChatTurn("user", "now"),
+    ]
+    kept = router.fit_history(tools, budget_tokens=10)
+    assert kept == tools[3:], "never starts inside a tool exchange"
 
 
 async def test_hashing_embedder_is_deterministic_normalised_and_meaningful() -> None:

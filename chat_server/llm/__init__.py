@@ -8,15 +8,43 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from protocol.errors import ErrorCode
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """The model asks for a tool: ``id`` pairs it with its result."""
+
+    id: str
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionResult:
+    id: str
+    name: str
+    response: dict[str, Any]  # {"result": ...} or {"error": ...}, as Gemini expects
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDeclaration:
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments (an object)
+
+
+@dataclass(frozen=True, slots=True)
 class ChatTurn:
+    """One content of the history: text, plus the model's tool calls (role model) or
+    the tools' results (role user) when a reply used tools."""
+
     role: Literal["user", "model"]
     text: str
+    calls: tuple[FunctionCall, ...] = ()
+    results: tuple[FunctionResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +55,7 @@ class LLMRequest:
     max_output_tokens: int
     thinking_budget: int | None = None  # 0 off, -1 the model decides; None: the model's default
     include_thoughts: bool = False  # thought summaries, as ``LLMChunk.thought``
+    tools: Sequence[ToolDeclaration] = ()  # functions the model may call
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +67,7 @@ class LLMChunk:
     output_tokens: int | None = None
     thought: str = ""  # a piece of the thought summary (never part of ``text``)
     thought_tokens: int | None = None
+    calls: tuple[FunctionCall, ...] = ()  # tools the model calls (then it waits for them)
 
 
 class LLMError(Exception):

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from google import genai
 from google.genai import errors, types
 
-from chat_server.llm import LLMChunk, LLMError, LLMRequest
+from chat_server.llm import ChatTurn, FunctionCall, LLMChunk, LLMError, LLMRequest
 from protocol.errors import ErrorCode
 
 _FINISH = {
@@ -100,14 +100,23 @@ class GeminiProvider:
         # the request either way, and validating model instances costs about 5x more
         # (40 history messages: 12.9 vs 2.3 ms of CPU per request). The wire format is
         # the same; tests/test_llm.py pins it.
-        contents: types.ContentListUnionDict = [
-            types.ContentDict(role=turn.role, parts=[types.PartDict(text=turn.text)])
-            for turn in request.history
-        ]
+        contents: types.ContentListUnionDict = [_content(turn) for turn in request.history]
         config = types.GenerateContentConfigDict(
             system_instruction=request.system_prompt or None,
             max_output_tokens=request.max_output_tokens,
         )
+        if request.tools:
+            declarations = [
+                types.FunctionDeclarationDict(
+                    name=tool.name,
+                    description=tool.description,
+                    parameters_json_schema=tool.parameters,
+                )
+                for tool in request.tools
+            ]
+            config["tools"] = [types.ToolDict(function_declarations=declarations)]
+            # The server runs the tools itself (on the user's backend), never the SDK.
+            config["automatic_function_calling"] = {"disable": True}
         if request.thinking_budget is not None:
             config["thinking_config"] = types.ThinkingConfigDict(
                 thinking_budget=request.thinking_budget,
@@ -127,15 +136,43 @@ class GeminiProvider:
             raise LLMError(ErrorCode.LLM_UNAVAILABLE, f"model connection failed: {exc!r}") from exc
 
 
+def _content(turn: ChatTurn) -> types.ContentDict:
+    """A history turn on the wire: text, then its function calls or results."""
+    parts = (
+        [types.PartDict(text=turn.text)] if turn.text or not (turn.calls or turn.results) else []
+    )
+    parts += [
+        types.PartDict(function_call=types.FunctionCallDict(id=c.id, name=c.name, args=c.args))
+        for c in turn.calls
+    ]
+    parts += [
+        types.PartDict(
+            function_response=types.FunctionResponseDict(id=r.id, name=r.name, response=r.response)
+        )
+        for r in turn.results
+    ]
+    return types.ContentDict(role=turn.role, parts=parts)
+
+
 def _convert(chunk: types.GenerateContentResponse) -> LLMChunk:
     text = thought = ""
     finish: str | None = None
+    calls: tuple[FunctionCall, ...] = ()
     if chunk.candidates:
         candidate = chunk.candidates[0]
         if candidate.content and candidate.content.parts:
             parts = candidate.content.parts
             text = "".join(p.text for p in parts if p.text and not p.thought)
             thought = "".join(p.text for p in parts if p.text and p.thought)
+            calls = tuple(
+                FunctionCall(
+                    id=p.function_call.id or "",  # Gemini may leave it out: the caller names it
+                    name=p.function_call.name or "",
+                    args=dict(p.function_call.args or {}),
+                )
+                for p in parts
+                if p.function_call is not None
+            )
         if candidate.finish_reason is not None:
             finish = _FINISH.get(candidate.finish_reason, "error")
     elif chunk.prompt_feedback and chunk.prompt_feedback.block_reason:
@@ -148,6 +185,7 @@ def _convert(chunk: types.GenerateContentResponse) -> LLMChunk:
         output_tokens=usage.candidates_token_count if usage else None,
         thought=_utf8(thought),
         thought_tokens=usage.thoughts_token_count if usage else None,
+        calls=calls,
     )
 
 

@@ -26,6 +26,13 @@ by its tokens at ``think_tps``; with ``includeThoughts`` a thought summary strea
 ``thought: true`` parts meanwhile, and ``usageMetadata.thoughtsTokenCount`` says how
 many tokens thinking took.
 
+Tools (function calling) as Gemini does them: with ``call=name[,name2]`` (and
+``args='{"json": "object"}'``) a request that declares those functions is answered with
+the calls (several at once: parallel calls) instead of text; ``rounds=N`` calls again
+after each of the first N-1 results (sequential calls). Once the results are in, the
+reply says what they were: ``Tool NAME returned {...}``. ``handoff=Name[,Name2]`` calls
+the declared ``handoff`` function with the first of those names its schema allows.
+
 ``GET /_sim/requests`` returns the requests received (newest last), so tests can check
 exactly what a model was sent; ``DELETE /_sim/requests`` clears them.
 """
@@ -99,6 +106,10 @@ class SimConfig:
     stamp: bool = False
     think_tokens: int = 256  # thinking when the model decides (budget -1 or none given)
     think_tps: float = 2000.0  # fast by default; Gemini 2.5 Flash takes seconds
+    calls: tuple[str, ...] = ()  # functions to call (``call=a,b``)
+    call_args: str = "{}"  # their arguments, a JSON object
+    call_rounds: int = 1  # model responses that call them before answering in text
+    handoff: tuple[str, ...] = ()  # teammates to hand the conversation to, if declared
 
 
 class _Abort(Exception):
@@ -144,6 +155,16 @@ def _apply_directive(config: SimConfig, text: str) -> SimConfig:
             changes["think_tokens"] = max(0, int(value))
         elif key == "think_tps":
             changes["think_tps"] = max(0.001, float(value))
+        elif key == "call":
+            changes["calls"] = tuple(n for n in value.split(",") if n)
+        elif key == "args":
+            if not isinstance(orjson.loads(value), dict):
+                raise ValueError("args must be a JSON object")
+            changes["call_args"] = value
+        elif key == "rounds":
+            changes["call_rounds"] = max(1, int(value))
+        elif key == "handoff":
+            changes["handoff"] = tuple(n for n in value.split(",") if n)
     return replace(config, **changes)
 
 
@@ -167,6 +188,48 @@ def _thinking(cfg: SimConfig, body: dict[str, Any]) -> tuple[int, bool]:
         return 0, False
     tokens = cfg.think_tokens if budget < 0 else min(budget, cfg.think_tokens)
     return tokens, bool(config.get("includeThoughts", config.get("include_thoughts")))
+
+
+def _declared(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The function declarations of a request, by name (either JSON spelling)."""
+    found: dict[str, dict[str, Any]] = {}
+    for tool in body.get("tools") or []:
+        for d in tool.get("functionDeclarations") or tool.get("function_declarations") or []:
+            found[d.get("name", "")] = d
+    return found
+
+
+def _results(content: dict[str, Any]) -> list[dict[str, Any]]:
+    """The function responses a content carries."""
+    found: list[dict[str, Any]] = []
+    for part in content.get("parts") or []:
+        if isinstance(part, dict):
+            response = part.get("functionResponse") or part.get("function_response")
+            if isinstance(response, dict):
+                found.append(response)
+    return found
+
+
+def _calls(cfg: SimConfig, body: dict[str, Any], rounds_done: int) -> list[dict[str, Any]]:
+    """The function calls this request is answered with (none: answer in text)."""
+    declared = _declared(body)
+    if cfg.handoff and "handoff" in declared and rounds_done == 0:
+        schema = declared["handoff"].get("parametersJsonSchema") or declared["handoff"].get(
+            "parameters_json_schema", {}
+        )
+        allowed = schema.get("properties", {}).get("assistant", {}).get("enum", [])
+        target = next((name for name in cfg.handoff if name in allowed), None)
+        if target is not None:
+            args = {"assistant": target, "reason": "this is more their field"}
+            return [{"name": "handoff", "args": args, "id": "handoff-1"}]
+    if not cfg.calls or rounds_done >= cfg.call_rounds:
+        return []
+    args = orjson.loads(cfg.call_args)
+    return [
+        {"name": name, "args": args, "id": f"call-{rounds_done + 1}-{n}"}
+        for n, name in enumerate(cfg.calls)
+        if name in declared
+    ]
 
 
 def _summary(prompt: str) -> list[str]:
@@ -208,7 +271,14 @@ def create_simulator(config: SimConfig | None = None) -> Starlette:
         try:
             body = orjson.loads(await request.body())
             contents = body["contents"]
-            prompt = _texts(contents[-1])
+            # The directive is in the user's turn; function results may follow it.
+            asked = max(
+                (i for i, c in enumerate(contents) if c.get("role") == "user" and _texts(c)),
+                default=len(contents) - 1,
+            )
+            prompt = _texts(contents[asked])
+            results = _results(contents[-1]) if len(contents) > asked + 1 else []
+            rounds_done = sum(1 for c in contents[asked + 1 :] if _results(c))
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
             return _error(400, "INVALID_ARGUMENT", "request must carry contents")
         received.append({"model": model, "method": method, "body": body, "at": time.time()})
@@ -220,6 +290,23 @@ def create_simulator(config: SimConfig | None = None) -> Starlette:
             return _error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (simulated)")
         if cfg.fail == "500":
             return _error(500, "INTERNAL", "Internal error (simulated)")
+        calls = _calls(cfg, body, rounds_done)
+        if calls:
+            await asyncio.sleep(cfg.ttft_s)
+            parts = [{"functionCall": call} for call in calls]
+            candidate = {"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}
+            usage = {"promptTokenCount": 1, "candidatesTokenCount": len(calls)}
+            answer = {"candidates": [candidate], "usageMetadata": usage}
+            if method == "generateContent":
+                return _json(answer)
+            event = b"data: " + orjson.dumps(answer) + b"\r\n\r\n"
+            return StreamingResponse(iter([event]), media_type="text/event-stream")
+        if results and cfg.reply is None:
+            said = " ".join(
+                f"Tool {r.get('name')} returned {orjson.dumps(r.get('response')).decode()}."
+                for r in results
+            )
+            cfg = replace(cfg, reply=said)
         tokens = _reply_tokens(cfg, prompt)
         limit = (body.get("generationConfig") or {}).get("maxOutputTokens")
         finish = "STOP"

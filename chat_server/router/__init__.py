@@ -150,6 +150,9 @@ def fit_history(turns: Sequence[ChatTurn], budget_tokens: int) -> list[ChatTurn]
         kept.append(turn)
         used += cost
     kept.reverse()
+    # Never start inside a tool exchange: tool results need the calls before them.
+    while len(kept) > 1 and (kept[0].calls or kept[0].results):
+        kept.pop(0)
     return kept
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Date,
     DateTime,
@@ -85,6 +86,31 @@ class Assistant(Base):
     )
 
     __table_args__ = (Index("ix_assistants_owner", "owner_id"),)
+
+
+class Tool(Base):
+    """A function an assistant can call: a webhook of the owner's backend, signed with
+    ``secret``; its arguments are described by ``parameters`` (a JSON Schema)."""
+
+    __tablename__ = "tools"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    assistant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assistants.id", ondelete="CASCADE"))
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))
+    timeout_ms: Mapped[int] = mapped_column(Integer)
+    idempotent: Mapped[bool] = mapped_column(Boolean)  # retried on a failure if True
+    max_result_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        UniqueConstraint("assistant_id", "name", name="uq_tools_assistant_name"),
+        Index("ix_tools_owner", "owner_id"),
+    )
 
 
 class Skill(Base):

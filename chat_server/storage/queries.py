@@ -34,6 +34,7 @@ from chat_server.storage.models import (
     Message,
     Skill,
     SkillExample,
+    Tool,
     UsageDaily,
     User,
 )
@@ -252,14 +253,19 @@ async def store_regeneration(
     user_message: Message,
     assistant_id: uuid.UUID,
     reply_meta: dict[str, Any],
+    after: uuid.UUID | None = None,
 ) -> StoredTurn:
     """Store a new reply placeholder to an earlier user turn: an alternative to the
     replies it has, on a new active branch. ``client_id`` (the regenerate's id) makes
-    a resent regenerate return the first one and store nothing."""
+    a resent regenerate return the first one and store nothing. ``after``: the reply
+    this one follows instead (a handoff: the teammate answers after the one who handed
+    over), so it is not an alternative."""
     _, existing = await _lock(s, conversation_id, client_id)
     if existing is not None:
         return StoredTurn(existing, None, duplicate=True)
     reply = _placeholder(conversation_id, user_message.id, assistant_id, reply_meta, client_id)
+    if after is not None:
+        reply.parent_id = after
     (placed,) = await _append(s, conversation_id, [reply])
     return StoredTurn(user_message, placed[0], False, reply_place=placed[1:])
 
@@ -723,3 +729,15 @@ async def set_description_phrases(
             )
         )
     await s.flush()
+
+
+async def tools_of(s: AsyncSession, assistant_id: uuid.UUID) -> list[Tool]:
+    return list(
+        await s.scalars(
+            select(Tool).where(Tool.assistant_id == assistant_id).order_by(Tool.created_at, Tool.id)
+        )
+    )
+
+
+async def get_tool(s: AsyncSession, owner_id: uuid.UUID, tool_id: uuid.UUID) -> Tool | None:
+    return await s.scalar(select(Tool).where(Tool.id == tool_id, Tool.owner_id == owner_id))

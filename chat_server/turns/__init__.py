@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from chat_server.limits import Limiter, MemoryLimiter
 from chat_server.llm import LLMProvider
 from chat_server.metrics import Metrics
 from chat_server.router.embedding import Embedder
+from chat_server.tools import Webhooks, parse_allowlist
 from chat_server.turns.final import Finals
 from chat_server.turns.generation import Context, Generation
 from chat_server.turns.intake import Intake, Prepared, Stored, TurnRequest
@@ -37,6 +39,8 @@ from protocol.errors import ErrorCode
 from protocol.messages import Ack
 
 __all__ = ["Generation", "Prepared", "Stored", "TurnRequest", "Turns"]
+
+log = logging.getLogger(__name__)
 
 
 class Turns:
@@ -60,6 +64,7 @@ class Turns:
         self.embedder = embedder
         self._running: dict[uuid.UUID, Generation] = {}
         finals = Finals(db=db, hub=hub, inflight=inflight)
+        self.webhooks = Webhooks(parse_allowlist(settings.tool_url_allowlist))
         context = Context(
             db=db,
             hub=hub,
@@ -68,7 +73,9 @@ class Turns:
             settings=settings,
             finals=finals,
             metrics=metrics,
+            webhooks=self.webhooks,
         )
+        self._handing: set[asyncio.Task[None]] = set()  # handoffs being started
         self.intake = Intake(
             db=db, inflight=inflight, embedder=embedder, settings=settings, context=context
         )
@@ -120,6 +127,22 @@ class Turns:
 
     def _ended(self, generation: Generation) -> None:
         self._running.pop(generation.turn_id, None)
+        if generation.tools.handoff is not None:
+            task = asyncio.create_task(self._hand_over(generation))
+            self._handing.add(task)
+            task.add_done_callback(self._handing.discard)
+
+    async def _hand_over(self, previous: Generation) -> None:
+        """The teammate's reply to the same user turn, on this replica."""
+        try:
+            generation = await self.intake.hand_over(previous)
+        except Exception:
+            log.exception("the handoff after turn %s failed", previous.turn_id)
+            return
+        generation.received_at = previous.received_at
+        self.metrics.turns_started_c.inc()
+        self._running[generation.turn_id] = generation
+        await generation.begin(None, self._ended)
 
     def _tasks(self) -> list[asyncio.Task[None]]:
         return [g.task for g in self._running.values() if g.task is not None]
@@ -132,6 +155,8 @@ class Turns:
         device saw ``turn_start`` would shut its reply down as an error."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        if self._handing:  # a handoff between two replies: its second one is running soon
+            await asyncio.wait(list(self._handing), timeout=timeout_s)
         announcing = [g.started.wait() for g in self._running.values() if g.task is None]
         if announcing:
             with contextlib.suppress(TimeoutError):
@@ -144,7 +169,10 @@ class Turns:
 
     async def shutdown(self) -> None:
         """Stop every generation; each stores its partial text as an error."""
+        for handing in list(self._handing):
+            handing.cancel()
         tasks = self._tasks()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *self._handing, return_exceptions=True)
+        await self.webhooks.aclose()

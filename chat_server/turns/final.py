@@ -16,7 +16,14 @@ from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.storage import queries
 from chat_server.wire import message_info, to_builtins
-from protocol.messages import ErrorInfo, FinishReason, MessageStatus, TurnEnd, Usage
+from protocol.messages import (
+    ErrorInfo,
+    FinishReason,
+    MessageStatus,
+    ToolCallInfo,
+    TurnEnd,
+    Usage,
+)
 
 log = logging.getLogger("chat_server.turns")
 
@@ -27,6 +34,7 @@ STATUS = {
     FinishReason.CANCELLED: MessageStatus.INTERRUPTED,
     FinishReason.INTERRUPTED: MessageStatus.INTERRUPTED,
     FinishReason.QUOTA: MessageStatus.INTERRUPTED,
+    FinishReason.HANDOFF: MessageStatus.COMPLETE,
 }  # any other finish (an error) stores the reply as ``error``
 
 
@@ -46,6 +54,7 @@ class Finals:
         finish: FinishReason,
         usage: Usage,
         error: ErrorInfo | None,
+        tools: list[ToolCallInfo] | None = None,
         *,
         swept: bool = False,
     ) -> bool:
@@ -59,6 +68,8 @@ class Finals:
         meta: dict[str, Any] = {"finish_reason": finish, "usage": to_builtins(usage)}
         if error is not None:
             meta["error"] = to_builtins(error)
+        if tools:
+            meta["tools"] = to_builtins(tools)  # the model's next request reads them
         status = STATUS.get(finish, MessageStatus.ERROR)
         placed = await self._write(turn_id, text, status, meta, usage, swept=swept)
         if placed is not None:  # else already finished elsewhere; its turn_end went out then

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -24,12 +26,21 @@ from chat_server import router
 from chat_server.config import Settings
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
-from chat_server.llm import ChatTurn, LLMError, LLMProvider, LLMRequest
+from chat_server.llm import (
+    ChatTurn,
+    FunctionCall,
+    FunctionResult,
+    LLMError,
+    LLMProvider,
+    LLMRequest,
+)
 from chat_server.metrics import Metrics
 from chat_server.storage import queries
 from chat_server.storage.models import Message as MessageRow
+from chat_server.tools import Outcome, Webhooks
 from chat_server.turns import quota
 from chat_server.turns.final import Finals
+from chat_server.turns.toolbox import ToolBox
 from protocol import encode
 from protocol.errors import ErrorCode
 from protocol.messages import (
@@ -58,6 +69,7 @@ class Context:
     settings: Settings
     finals: Finals
     metrics: Metrics
+    webhooks: Webhooks | None = None  # tools' calls to the users' backends
 
 
 class QuotaReached(Exception):
@@ -75,7 +87,34 @@ class GenerationState(enum.Enum):
 
 
 def chat_turns(rows: list[MessageRow]) -> list[ChatTurn]:
-    return [ChatTurn("user" if r.role == "user" else "model", r.text) for r in rows]
+    """Stored messages as the model's history. A reply that called tools becomes what
+    the model saw: its text up to each round of calls, the calls, their results, and
+    the text after."""
+    turns: list[ChatTurn] = []
+    for row in rows:
+        if row.role == "user":
+            turns.append(ChatTurn("user", row.text))
+            continue
+        said, called = 0, False
+        for offset, group in itertools.groupby(
+            (row.meta or {}).get("tools") or [], key=lambda c: int(c["offset"])
+        ):
+            calls = list(group)
+            asked = tuple(FunctionCall(c["call_id"], c["name"], c["arguments"]) for c in calls)
+            results = tuple(FunctionResult(c["call_id"], c["name"], _response(c)) for c in calls)
+            turns.append(ChatTurn("model", row.text[said:offset], calls=asked))
+            turns.append(ChatTurn("user", "", results=results))
+            said, called = offset, True
+        if row.text[said:] or not called:
+            turns.append(ChatTurn("model", row.text[said:]))
+    return turns
+
+
+def _response(call: dict[str, Any]) -> dict[str, Any]:
+    """A stored call's outcome as the function response the model saw."""
+    error = call.get("error") or {}
+    ok, result = bool(call.get("ok")), call.get("result")
+    return Outcome(ok, result, error.get("code"), error.get("message")).response()
 
 
 class Generation:
@@ -87,12 +126,21 @@ class Generation:
         system_prompt: str,
         history: list[ChatTurn] | None,
         token_budget: int | None = None,
+        tools: ToolBox | None = None,
+        owner_id: uuid.UUID | None = None,
+        visited: tuple[uuid.UUID, ...] = (),
     ) -> None:
         self._token_budget = token_budget  # tokens the owner may still spend today
         self._ctx = ctx
         self.start = start
         self._system_prompt = system_prompt
         self._history = history  # prepared ahead; else loaded when generating
+        self.tools = tools or ToolBox(
+            hub=ctx.hub, webhooks=None, conversation_id=start.conversation_id, turn_id=start.turn_id
+        )
+        self.owner_id = owner_id
+        # Assistants that answered this user turn before (handoffs): never handed to again.
+        self.visited = (*visited, start.assistant.id)
         self.state = GenerationState.STREAMING
         self.text = ""
         self._pending = ""  # generated, not yet shared and published
@@ -210,6 +258,8 @@ class Generation:
             raise asyncio.CancelledError
 
     async def _generate(self) -> tuple[FinishReason, Usage]:
+        """Stream the reply; when the model calls tools, run them and stream on with
+        their results, up to ``TOOL_ROUNDS`` times. A handoff ends the reply."""
         ctx, settings = self._ctx, self._ctx.settings
         history = self._history
         if history is None:
@@ -221,16 +271,56 @@ class Generation:
                     limit=settings.history_messages,
                 )
             history = chat_turns(rows)
-        request = LLMRequest(
-            model=self.start.model,
-            system_prompt=self._system_prompt,
-            history=router.fit_history(history, settings.history_tokens),
-            max_output_tokens=settings.max_output_tokens,
-            thinking_budget=self.start.route.thinking_budget,
-            include_thoughts=True,  # published as thought events; only asking devices get them
-        )
+        history = router.fit_history(history, settings.history_tokens)
+        spent = Usage()
+        for round_ in range(settings.tool_rounds + 1):
+            request = LLMRequest(
+                model=self.start.model,
+                system_prompt=self._system_prompt,
+                history=history,
+                max_output_tokens=settings.max_output_tokens,
+                thinking_budget=self.start.route.thinking_budget,
+                include_thoughts=True,  # thought events; only asking devices get them
+                tools=self.tools.declarations(),
+            )
+            said = len(self.text)
+            finish, spent, calls = await self._stream(request, spent)
+            if not calls or finish is not FinishReason.STOP:
+                return finish, spent
+            if round_ == settings.tool_rounds:
+                raise LLMError(
+                    ErrorCode.LLM_UNAVAILABLE,
+                    f"the model still called tools after {settings.tool_rounds} rounds",
+                )
+            calls = self.tools.named(calls, self.turn_id)
+            await self._drain()  # the text before the calls goes out first
+            outcomes = await self.tools.run(calls, len(self.text))
+            if self.tools.handoff is not None:
+                return FinishReason.HANDOFF, spent
+            results = tuple(
+                FunctionResult(call.id, call.name, outcome.response())
+                for call, outcome in zip(calls, outcomes, strict=True)
+            )
+            history = [
+                *history,
+                ChatTurn("model", self.text[said:], calls=tuple(calls)),
+                ChatTurn("user", "", results=results),
+            ]
+        raise AssertionError("unreachable")
+
+    async def _stream(
+        self, request: LLMRequest, before: Usage
+    ) -> tuple[FinishReason, Usage, list[FunctionCall]]:
+        """One model request: its text into the reply, its thoughts as events; returns
+        its finish, the usage so far (``before`` plus this request's) and its calls."""
+        ctx, settings = self._ctx, self._ctx.settings
         thought_chars = 0
-        usage = Usage()
+        usage = Usage(
+            input_tokens=before.input_tokens,
+            output_tokens=before.output_tokens,
+            thought_tokens=before.thought_tokens,
+        )
+        calls: list[FunctionCall] = []
         ctx.metrics.model_requests_c.inc()
         requested = time.monotonic()
         stream = ctx.llm.stream(request)
@@ -248,12 +338,13 @@ class Generation:
                         ErrorCode.LLM_UNAVAILABLE, "model stream ended without a finish reason"
                     ) from None
                 if chunk.input_tokens is not None:
-                    usage.input_tokens = chunk.input_tokens
+                    usage.input_tokens = before.input_tokens + chunk.input_tokens
                 if chunk.output_tokens is not None:
-                    usage.output_tokens = chunk.output_tokens
+                    usage.output_tokens = before.output_tokens + chunk.output_tokens
                 if chunk.thought_tokens is not None:
-                    usage.thought_tokens = chunk.thought_tokens
+                    usage.thought_tokens = before.thought_tokens + chunk.thought_tokens
                 self._check_budget(usage)
+                calls.extend(chunk.calls)
                 if chunk.thought:
                     await ctx.hub.publish(
                         Thought(
@@ -282,10 +373,16 @@ class Generation:
                         async with asyncio.timeout(1.0):
                             async for _ in stream:
                                 pass
-                    return FinishReason(chunk.finish_reason), usage
+                    return FinishReason(chunk.finish_reason), usage, calls
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
+
+    async def _drain(self) -> None:
+        """Wait until the text so far is shared and published."""
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flusher)
 
     def _check_budget(self, usage: Usage) -> None:
         """Stop when the owner's tokens of the day would run out: the reported usage, or
@@ -372,7 +469,7 @@ class Generation:
         if finish is FinishReason.INTERRUPTED and self._heard_chars is not None:
             text = text[: self._heard_chars]
         await self._ctx.finals.store_end(
-            self.conversation_id, self.turn_id, text, finish, usage, error
+            self.conversation_id, self.turn_id, text, finish, usage, error, self.tools.record()
         )
 
     def _log(self, finish: FinishReason, usage: Usage, error: ErrorInfo | None) -> None:

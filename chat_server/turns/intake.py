@@ -11,22 +11,26 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat_server import conversations, router
+from chat_server import conversations, router, tools
 from chat_server.config import Settings
 from chat_server.errors import ChatError
 from chat_server.inflight import Inflight
 from chat_server.llm import ChatTurn
+from chat_server.router import learning
 from chat_server.router.embedding import Embedder
 from chat_server.storage import queries
-from chat_server.storage.models import Conversation
+from chat_server.storage.models import Assistant, Conversation
 from chat_server.storage.models import Message as MessageRow
+from chat_server.storage.models import Tool as ToolRow
 from chat_server.turns import quota
 from chat_server.turns.generation import Context, Generation, chat_turns
-from chat_server.wire import message_info, route_info, to_builtins
+from chat_server.turns.toolbox import ToolBox
+from chat_server.wire import conversation_info, message_info, route_info, to_builtins
 from protocol.errors import ErrorCode
-from protocol.messages import Ack, AssistantRef, MessageInfo, TurnStart
+from protocol.messages import Ack, AssistantRef, ConversationUpdated, MessageInfo, TurnStart
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +151,7 @@ class Intake:
                 )
             route = route_info(decision)
             meta = {"model": decision.model, "route": to_builtins(route)}
+            equipment = await self._equipment(s, request.owner_id, decision.assistant.id)
             if request.regenerate is not None:
                 stored = await queries.store_regeneration(
                     s,
@@ -199,9 +204,109 @@ class Intake:
             system_prompt=decision.assistant.system_prompt,
             history=history,
             token_budget=budget,
+            tools=self._toolbox(start, *equipment, visited=()),
+            owner_id=request.owner_id,
         )
         announce = None if regenerating else message_info(user, *stored.user_place)
         return Stored(ack, user, generation, announce)
+
+    async def hand_over(self, previous: Generation) -> Generation:
+        """The teammate's reply after a handoff: stored after the reply that handed over
+        (same user turn), routed to the teammate (the route says who handed over and
+        why), the conversation now theirs, and the user turn learned as theirs."""
+        handoff, owner_id = previous.tools.handoff, previous.owner_id
+        assert handoff is not None
+        assert owner_id is not None
+        cid, user_id = previous.conversation_id, previous.start.reply_to
+        async with self._db.begin() as s:
+            user = await conversations.user_turn(s, cid, user_id)
+            try:
+                budget = await self._within_limits(s, owner_id)
+            except ChatError:
+                budget = 0  # the quota is spent: the reply ends at once with "quota"
+            conversation, decision = await self._decide(
+                s, owner_id, cid, user.text, None, handoff.assistant_id
+            )
+            route = msgspec.structs.replace(
+                route_info(decision),
+                reason="handoff",
+                handoff_from=previous.start.assistant.id,
+                handoff_reason=handoff.reason,
+                why=f"{previous.start.assistant.name} handed over to {decision.assistant.name}:"
+                f" {handoff.reason}",
+            )
+            stored = await queries.store_regeneration(
+                s,
+                cid,
+                client_id=f"handoff:{previous.turn_id}",
+                user_message=user,
+                assistant_id=decision.assistant.id,
+                reply_meta={"model": decision.model, "route": to_builtins(route)},
+                after=previous.turn_id,
+            )
+            conversation.default_assistant_id = decision.assistant.id
+            equipment = await self._equipment(s, owner_id, decision.assistant.id)
+        assert stored.reply is not None
+        reply = stored.reply
+        await self._context.hub.publish(
+            ConversationUpdated(conversation_id=cid, conversation=conversation_info(conversation))
+        )
+        try:  # a handoff is feedback: the next turn like this goes to the teammate first
+            await learning.learn_misroute(
+                self._db,
+                self.embedder,
+                owner_id,
+                message_id=user.id,
+                assistant_id=decision.assistant.id,
+                skill_id=None,
+            )
+        except Exception:
+            log.warning("learning from the handoff of turn %s failed", user.id, exc_info=True)
+        start = TurnStart(
+            conversation_id=cid,
+            seq=reply.seq,
+            turn_id=reply.id,
+            reply_to=user.id,
+            assistant=AssistantRef(id=decision.assistant.id, name=decision.assistant.name),
+            model=decision.model,
+            route=route,
+        )
+        return Generation(
+            self._context,
+            start,
+            system_prompt=decision.assistant.system_prompt,
+            history=None,
+            token_budget=budget,
+            tools=self._toolbox(start, *equipment, visited=previous.visited),
+            owner_id=owner_id,
+            visited=previous.visited,
+        )
+
+    async def _equipment(
+        self, s: AsyncSession, owner_id: uuid.UUID, assistant_id: uuid.UUID
+    ) -> tuple[list[ToolRow], list[Assistant]]:
+        """The assistant's tools and its team (whom it may hand over to)."""
+        return await queries.tools_of(s, assistant_id), await queries.list_assistants(s, owner_id)
+
+    def _toolbox(
+        self,
+        start: TurnStart,
+        webhook_tools: list[ToolRow],
+        team: list[Assistant],
+        *,
+        visited: tuple[uuid.UUID, ...],
+    ) -> ToolBox:
+        """What the reply may call: the assistant's webhooks, and a handoff to any
+        teammate that has not answered this user turn yet (no A -> B -> A)."""
+        done = {*visited, start.assistant.id}
+        return ToolBox(
+            hub=self._context.hub,
+            webhooks=self._context.webhooks,
+            conversation_id=start.conversation_id,
+            turn_id=start.turn_id,
+            webhook_tools=[tools.Tool.of(row) for row in webhook_tools],
+            teammates={a.name: a.id for a in team if a.id not in done},
+        )
 
     def _check_text(self, text: str) -> None:
         if len(text) > self._settings.max_text_chars:

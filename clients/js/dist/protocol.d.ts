@@ -57,7 +57,7 @@ export interface ErrorInfo {
     retry_after_ms?: number | null;
     retryable?: boolean;
 }
-export type FinishReason = "cancelled" | "error" | "interrupted" | "length" | "quota" | "safety" | "stop";
+export type FinishReason = "cancelled" | "error" | "handoff" | "interrupted" | "length" | "quota" | "safety" | "stop";
 export interface GoAway {
     reconnect_after_ms: number;
     type: "go_away";
@@ -164,6 +164,7 @@ export interface MessageInfo {
     seq: number;
     status: MessageStatus;
     text: string;
+    tools?: ToolCallInfo[];
 }
 export type MessageStatus = "complete" | "error" | "interrupted" | "streaming";
 export interface Ping {
@@ -197,6 +198,8 @@ export type Role = "assistant" | "user";
 export interface RouteInfo {
     complexity?: string | null;
     confidence?: number | null;
+    handoff_from?: string | null;
+    handoff_reason?: string | null;
     kind?: string | null;
     language?: string | null;
     reason: string;
@@ -248,6 +251,37 @@ export interface Thought {
     turn_id: string;
     type: "thought";
 }
+/** The model called a tool; the server runs it (on the user's backend) now. */
+export interface ToolCall {
+    arguments: Record<string, unknown>;
+    call_id: string;
+    conversation_id: string;
+    name: string;
+    offset: number;
+    turn_id: string;
+    type: "tool_call";
+}
+/** A tool the reply called, with its outcome: in ``MessageInfo.tools``, in order. */
+export interface ToolCallInfo {
+    arguments: Record<string, unknown>;
+    call_id: string;
+    error?: ErrorInfo | null;
+    name: string;
+    offset: number;
+    ok?: boolean;
+    result?: unknown;
+}
+/** A tool's outcome, which the model reads before it goes on. */
+export interface ToolResult {
+    call_id: string;
+    conversation_id: string;
+    error?: ErrorInfo | null;
+    name: string;
+    ok: boolean;
+    result?: unknown;
+    turn_id: string;
+    type: "tool_result";
+}
 export interface TurnEnd {
     conversation_id: string;
     error?: ErrorInfo | null;
@@ -298,7 +332,7 @@ export interface Welcome {
     user_id: string;
 }
 export type ClientMessage = Hello | Join | Send | Regenerate | Switch | Input | Cancel | History | Leave | Typing | Ping;
-export type ServerMessage = Welcome | Joined | Ack | Message | TurnStart | Delta | Thought | TurnEnd | InputEvent | TypingEvent | Presence | ConversationUpdated | HistoryPage | Left | Pong | GoAway | ErrorFrame;
+export type ServerMessage = Welcome | Joined | Ack | Message | TurnStart | Delta | Thought | ToolCall | ToolResult | TurnEnd | InputEvent | TypingEvent | Presence | ConversationUpdated | HistoryPage | Left | Pong | GoAway | ErrorFrame;
 export interface CloseCodeInfo {
     name: string;
     meaning: string;

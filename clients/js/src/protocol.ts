@@ -68,7 +68,7 @@ export interface ErrorInfo {
   retryable?: boolean;
 }
 
-export type FinishReason = "cancelled" | "error" | "interrupted" | "length" | "quota" | "safety" | "stop";
+export type FinishReason = "cancelled" | "error" | "handoff" | "interrupted" | "length" | "quota" | "safety" | "stop";
 
 export interface GoAway {
   reconnect_after_ms: number;
@@ -189,6 +189,7 @@ export interface MessageInfo {
   seq: number;
   status: MessageStatus;
   text: string;
+  tools?: ToolCallInfo[];
 }
 
 export type MessageStatus = "complete" | "error" | "interrupted" | "streaming";
@@ -229,6 +230,8 @@ export type Role = "assistant" | "user";
 export interface RouteInfo {
   complexity?: string | null;
   confidence?: number | null;
+  handoff_from?: string | null;
+  handoff_reason?: string | null;
   kind?: string | null;
   language?: string | null;
   reason: string;
@@ -283,6 +286,40 @@ export interface Thought {
   text: string;
   turn_id: string;
   type: "thought";
+}
+
+/** The model called a tool; the server runs it (on the user's backend) now. */
+export interface ToolCall {
+  arguments: Record<string, unknown>;
+  call_id: string;
+  conversation_id: string;
+  name: string;
+  offset: number;
+  turn_id: string;
+  type: "tool_call";
+}
+
+/** A tool the reply called, with its outcome: in ``MessageInfo.tools``, in order. */
+export interface ToolCallInfo {
+  arguments: Record<string, unknown>;
+  call_id: string;
+  error?: ErrorInfo | null;
+  name: string;
+  offset: number;
+  ok?: boolean;
+  result?: unknown;
+}
+
+/** A tool's outcome, which the model reads before it goes on. */
+export interface ToolResult {
+  call_id: string;
+  conversation_id: string;
+  error?: ErrorInfo | null;
+  name: string;
+  ok: boolean;
+  result?: unknown;
+  turn_id: string;
+  type: "tool_result";
 }
 
 export interface TurnEnd {
@@ -361,6 +398,8 @@ export type ServerMessage =
   | TurnStart
   | Delta
   | Thought
+  | ToolCall
+  | ToolResult
   | TurnEnd
   | InputEvent
   | TypingEvent

@@ -1,0 +1,160 @@
+"""The tools of one reply: what the model is offered (the assistant's webhooks, and the
+built-in ``handoff`` when it has teammates), the calls it makes run in parallel and
+published as ``tool_call``/``tool_result`` events to every device, and the record of
+them stored with the reply (``MessageInfo.tools``), which the next model request reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chat_server import tools
+from chat_server.hub import Hub
+from chat_server.llm import FunctionCall, ToolDeclaration
+from chat_server.tools import HANDOFF, Outcome, Webhooks, failed
+from protocol.messages import ErrorInfo, ToolCall, ToolCallInfo, ToolResult
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """The model handed the conversation to a teammate."""
+
+    assistant_id: uuid.UUID
+    name: str
+    reason: str
+
+
+class ToolBox:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        webhooks: Webhooks | None,
+        conversation_id: uuid.UUID,
+        turn_id: uuid.UUID,
+        webhook_tools: Sequence[tools.Tool] = (),
+        teammates: dict[str, uuid.UUID] | None = None,
+    ) -> None:
+        self._hub = hub
+        self._webhooks = webhooks
+        self._conversation_id = conversation_id
+        self._turn_id = turn_id
+        self._tools = {t.name: t for t in webhook_tools}
+        self._teammates = teammates or {}  # those it may hand to: not itself, not earlier
+        self._named = 0
+        self._open: dict[str, ToolCallInfo] = {}  # called, no outcome yet
+        self.log: list[ToolCallInfo] = []  # every call of the reply with its outcome
+        self.handoff: Handoff | None = None
+
+    def declarations(self) -> list[ToolDeclaration]:
+        offered = [t.declaration() for t in self._tools.values()]
+        if self._teammates:
+            offered.append(tools.handoff_declaration(sorted(self._teammates)))
+        return offered
+
+    def named(self, calls: Sequence[FunctionCall], turn_id: uuid.UUID) -> list[FunctionCall]:
+        """The calls with an id each (Gemini may leave it out), unique in the reply."""
+        out = []
+        for call in calls:
+            self._named += 1
+            name = call.id or f"{turn_id.hex[:8]}-{self._named}"
+            out.append(FunctionCall(name, call.name, call.args))
+        return out
+
+    async def run(self, calls: Sequence[FunctionCall], offset: int) -> list[Outcome]:
+        """Announce every call, run them at once, announce each outcome as it comes; the
+        outcomes in the calls' order. A handoff is taken alone: the reply ends."""
+        for call in calls:
+            info = ToolCallInfo(call_id=call.id, name=call.name, arguments=call.args, offset=offset)
+            self._open[call.id] = info
+            await self._hub.publish(
+                ToolCall(
+                    conversation_id=self._conversation_id,
+                    turn_id=self._turn_id,
+                    call_id=call.id,
+                    name=call.name,
+                    arguments=call.args,
+                    offset=offset,
+                )
+            )
+        handoff = next((c for c in calls if c.name == HANDOFF), None)
+        if handoff is not None:
+            taken = self._hand(handoff)
+            skipped = failed("tool_skipped", "the conversation was handed to a teammate")
+            outcomes = [taken if c is handoff else skipped for c in calls]
+            for call, outcome in zip(calls, outcomes, strict=True):
+                await self._settle(call, outcome)
+            return outcomes
+        return list(await asyncio.gather(*(self._one(call) for call in calls)))
+
+    def _hand(self, call: FunctionCall) -> Outcome:
+        name = str(call.args.get("assistant", ""))
+        target = self._teammates.get(name)
+        if target is None:
+            choices = ", ".join(sorted(self._teammates)) or "nobody"
+            return failed(
+                "tool_bad_arguments", f"{name!r} is not a teammate to hand to ({choices})"
+            )
+        self.handoff = Handoff(target, name, str(call.args.get("reason", ""))[:500])
+        return Outcome(True, result={"handed_to": name})
+
+    async def _one(self, call: FunctionCall) -> Outcome:
+        tool = self._tools.get(call.name)
+        if tool is None or self._webhooks is None:
+            outcome = failed("tool_unknown", f"there is no tool named {call.name!r}")
+        else:
+            context = {"conversation_id": str(self._conversation_id), "turn_id": str(self._turn_id)}
+            outcome = await self._webhooks.call(tool, call, context)
+        await self._settle(call, outcome)
+        return outcome
+
+    async def _settle(self, call: FunctionCall, outcome: Outcome) -> None:
+        info = self._open.pop(call.id)
+        error = _error(outcome)
+        self.log.append(
+            ToolCallInfo(
+                call_id=info.call_id,
+                name=info.name,
+                arguments=info.arguments,
+                offset=info.offset,
+                ok=outcome.ok,
+                result=outcome.result,
+                error=error,
+            )
+        )
+        await self._hub.publish(
+            ToolResult(
+                conversation_id=self._conversation_id,
+                turn_id=self._turn_id,
+                call_id=call.id,
+                name=call.name,
+                ok=outcome.ok,
+                result=outcome.result,
+                error=error,
+            )
+        )
+
+    def record(self) -> list[ToolCallInfo]:
+        """Every call for the stored reply; one still open (the reply was cancelled or
+        failed while it ran) is recorded as cancelled."""
+        cancelled = ErrorInfo(code="tool_cancelled", message="the reply ended first")
+        open_ = [
+            ToolCallInfo(
+                call_id=i.call_id,
+                name=i.name,
+                arguments=i.arguments,
+                offset=i.offset,
+                error=cancelled,
+            )
+            for i in self._open.values()
+        ]
+        return [*self.log, *open_]
+
+
+def _error(outcome: Outcome) -> ErrorInfo | None:
+    if outcome.ok:
+        return None
+    return ErrorInfo(code=outcome.code or "tool_failed", message=outcome.message or "")
