@@ -438,7 +438,8 @@ async def test_tool_events_cross_replicas_and_a_killed_replica_does_not_call_twi
     )
     await on_b.until(ToolCall)
     async with asyncio.timeout(10):
-        while len(backend.of("slow")) == slow_before:  # the backend has the call
+        # The backend runs on its own thread and loop: polled, not an asyncio.Event.
+        while len(backend.of("slow")) == slow_before:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
     a.process.send_signal(signal.SIGKILL)  # the replica waiting for the tool dies
     end, _ = await on_b.until(TurnEnd, timeout=30)
