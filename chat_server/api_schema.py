@@ -60,7 +60,9 @@ class AssistantOut(msgspec.Struct, kw_only=True):
 
 # A function name Gemini accepts; "handoff" is the built-in tool's.
 ToolName = Annotated[str, msgspec.Meta(pattern=r"^(?!handoff$)[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")]
-Url = Annotated[str, msgspec.Meta(min_length=8, max_length=2000, pattern=r"^https?://[^\x00-\x20]+$")]
+Url = Annotated[
+    str, msgspec.Meta(min_length=8, max_length=2000, pattern=r"^https?://[^\x00-\x20]+$")
+]
 TimeoutMs = Annotated[int, msgspec.Meta(ge=100, le=120_000)]
 ResultBytes = Annotated[int, msgspec.Meta(ge=16, le=1_000_000)]
 
