@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import itertools
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -36,10 +34,10 @@ from chat_server.llm import (
 )
 from chat_server.metrics import Metrics
 from chat_server.storage import queries
-from chat_server.storage.models import Message as MessageRow
-from chat_server.tools import Outcome, Webhooks
+from chat_server.tools import Webhooks
 from chat_server.turns import quota
 from chat_server.turns.final import Finals
+from chat_server.turns.history import chat_turns
 from chat_server.turns.toolbox import ToolBox
 from protocol import encode
 from protocol.errors import ErrorCode
@@ -84,37 +82,6 @@ class QuotaReached(Exception):
 class GenerationState(enum.Enum):
     STREAMING = "streaming"
     FINISHING = "finishing"  # writing the final text; cancel no longer applies
-
-
-def chat_turns(rows: list[MessageRow]) -> list[ChatTurn]:
-    """Stored messages as the model's history. A reply that called tools becomes what
-    the model saw: its text up to each round of calls, the calls, their results, and
-    the text after."""
-    turns: list[ChatTurn] = []
-    for row in rows:
-        if row.role == "user":
-            turns.append(ChatTurn("user", row.text))
-            continue
-        said, called = 0, False
-        for offset, group in itertools.groupby(
-            (row.meta or {}).get("tools") or [], key=lambda c: int(c["offset"])
-        ):
-            calls = list(group)
-            asked = tuple(FunctionCall(c["call_id"], c["name"], c["arguments"]) for c in calls)
-            results = tuple(FunctionResult(c["call_id"], c["name"], _response(c)) for c in calls)
-            turns.append(ChatTurn("model", row.text[said:offset], calls=asked))
-            turns.append(ChatTurn("user", "", results=results))
-            said, called = offset, True
-        if row.text[said:] or not called:
-            turns.append(ChatTurn("model", row.text[said:]))
-    return turns
-
-
-def _response(call: dict[str, Any]) -> dict[str, Any]:
-    """A stored call's outcome as the function response the model saw."""
-    error = call.get("error") or {}
-    ok, result = bool(call.get("ok")), call.get("result")
-    return Outcome(ok, result, error.get("code"), error.get("message")).response()
 
 
 class Generation:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat_server import conversations, router, tools
+from chat_server import conversations, router
 from chat_server.config import Settings
 from chat_server.errors import ChatError
 from chat_server.inflight import Inflight
@@ -22,12 +22,12 @@ from chat_server.llm import ChatTurn
 from chat_server.router import learning
 from chat_server.router.embedding import Embedder
 from chat_server.storage import queries
-from chat_server.storage.models import Assistant, Conversation
+from chat_server.storage.models import Conversation
 from chat_server.storage.models import Message as MessageRow
-from chat_server.storage.models import Tool as ToolRow
 from chat_server.turns import quota
-from chat_server.turns.generation import Context, Generation, chat_turns
-from chat_server.turns.toolbox import ToolBox
+from chat_server.turns.generation import Context, Generation
+from chat_server.turns.history import chat_turns
+from chat_server.turns.toolbox import equip
 from chat_server.wire import conversation_info, message_info, route_info, to_builtins
 from protocol.errors import ErrorCode
 from protocol.messages import Ack, AssistantRef, ConversationUpdated, MessageInfo, TurnStart
@@ -151,7 +151,7 @@ class Intake:
                 )
             route = route_info(decision)
             meta = {"model": decision.model, "route": to_builtins(route)}
-            equipment = await self._equipment(s, request.owner_id, decision.assistant.id)
+            kit = await equip(s, request.owner_id, decision.assistant.id)
             if request.regenerate is not None:
                 stored = await queries.store_regeneration(
                     s,
@@ -204,7 +204,7 @@ class Intake:
             system_prompt=decision.assistant.system_prompt,
             history=history,
             token_budget=budget,
-            tools=self._toolbox(start, *equipment, visited=()),
+            tools=kit.toolbox(self._context, start, visited=()),
             owner_id=request.owner_id,
         )
         announce = None if regenerating else message_info(user, *stored.user_place)
@@ -245,7 +245,7 @@ class Intake:
                 after=previous.turn_id,
             )
             conversation.default_assistant_id = decision.assistant.id
-            equipment = await self._equipment(s, owner_id, decision.assistant.id)
+            kit = await equip(s, owner_id, decision.assistant.id)
         assert stored.reply is not None
         reply = stored.reply
         await self._context.hub.publish(
@@ -277,35 +277,9 @@ class Intake:
             system_prompt=decision.assistant.system_prompt,
             history=None,
             token_budget=budget,
-            tools=self._toolbox(start, *equipment, visited=previous.visited),
+            tools=kit.toolbox(self._context, start, visited=previous.visited),
             owner_id=owner_id,
             visited=previous.visited,
-        )
-
-    async def _equipment(
-        self, s: AsyncSession, owner_id: uuid.UUID, assistant_id: uuid.UUID
-    ) -> tuple[list[ToolRow], list[Assistant]]:
-        """The assistant's tools and its team (whom it may hand over to)."""
-        return await queries.tools_of(s, assistant_id), await queries.list_assistants(s, owner_id)
-
-    def _toolbox(
-        self,
-        start: TurnStart,
-        webhook_tools: list[ToolRow],
-        team: list[Assistant],
-        *,
-        visited: tuple[uuid.UUID, ...],
-    ) -> ToolBox:
-        """What the reply may call: the assistant's webhooks, and a handoff to any
-        teammate that has not answered this user turn yet (no A -> B -> A)."""
-        done = {*visited, start.assistant.id}
-        return ToolBox(
-            hub=self._context.hub,
-            webhooks=self._context.webhooks,
-            conversation_id=start.conversation_id,
-            turn_id=start.turn_id,
-            webhook_tools=[tools.Tool.of(row) for row in webhook_tools],
-            teammates={a.name: a.id for a in team if a.id not in done},
         )
 
     def _check_text(self, text: str) -> None:

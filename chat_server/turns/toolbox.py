@@ -10,12 +10,48 @@ import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from chat_server import tools
 from chat_server.hub import Hub
 from chat_server.llm import FunctionCall, ToolDeclaration
+from chat_server.storage import queries
+from chat_server.storage.models import Assistant
 from chat_server.tools import HANDOFF, Outcome, Webhooks, failed
-from protocol.messages import ErrorInfo, ToolCall, ToolCallInfo, ToolResult
+from protocol.messages import ErrorInfo, ToolCall, ToolCallInfo, ToolResult, TurnStart
+
+if TYPE_CHECKING:
+    from chat_server.turns.generation import Context
+
+
+@dataclass(frozen=True, slots=True)
+class Kit:
+    """What an assistant may call: its webhooks, and its team (whom it may hand to)."""
+
+    webhooks: list[tools.Tool]
+    team: list[Assistant]
+
+    def toolbox(
+        self, context: Context, start: TurnStart, *, visited: tuple[uuid.UUID, ...]
+    ) -> ToolBox:
+        """The reply's tools: the handoff offers every teammate that has not answered
+        this user turn yet (no A -> B -> A)."""
+        done = {*visited, start.assistant.id}
+        return ToolBox(
+            hub=context.hub,
+            webhooks=context.webhooks,
+            conversation_id=start.conversation_id,
+            turn_id=start.turn_id,
+            webhook_tools=self.webhooks,
+            teammates={a.name: a.id for a in self.team if a.id not in done},
+        )
+
+
+async def equip(s: AsyncSession, owner_id: uuid.UUID, assistant_id: uuid.UUID) -> Kit:
+    rows = await queries.tools_of(s, assistant_id)
+    return Kit([tools.Tool.of(row) for row in rows], await queries.list_assistants(s, owner_id))
 
 
 @dataclass(frozen=True, slots=True)
