@@ -65,6 +65,9 @@ from protocol.messages import (
     ServerMessage,
     SessionOptions,
     Switch,
+    ToolCall,
+    ToolCallInfo,
+    ToolResult,
     TurnEnd,
     TurnStart,
     Usage,
@@ -96,6 +99,7 @@ class Reply:
     reply_to: uuid.UUID | None = None
     alternatives: int = 1  # replies to ``reply_to``, this one the newest
     text: str = ""
+    tools: list[ToolCallInfo] = field(default_factory=list)  # its calls, outcomes once in
     done: bool = False
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
@@ -471,10 +475,28 @@ class ChatClient:
                     have, end = len(reply.text), message.offset + len(message.text)
                     if message.offset <= have < end:  # by offset: overlap trimmed
                         reply.text += message.text[have - message.offset :]
+            case ToolCall() if c is not None and message.turn_id in c.replies:
+                calls = c.replies[message.turn_id].tools
+                if all(t.call_id != message.call_id for t in calls):
+                    called = ToolCallInfo(
+                        call_id=message.call_id,
+                        name=message.name,
+                        arguments=message.arguments,
+                        offset=message.offset,
+                    )
+                    calls.append(called)
+            case ToolResult() if c is not None and message.turn_id in c.replies:
+                calls = c.replies[message.turn_id].tools
+                for n, call in enumerate(calls):
+                    if call.call_id == message.call_id:
+                        calls[n] = msgspec.structs.replace(
+                            call, ok=message.ok, result=message.result, error=message.error
+                        )
             case TurnEnd() if c is not None:
                 reply = c.replies.get(message.turn_id)
                 if reply is not None:
                     reply.text, reply.done = message.message.text, True
+                    reply.tools = list(message.message.tools) or reply.tools
                     reply.finish_reason, reply.usage = message.finish_reason, message.usage
                 c.messages[message.seq] = message.message
                 c.last_seq = max(c.last_seq, message.seq)

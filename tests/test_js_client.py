@@ -10,11 +10,16 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from chat_server.config import Secret
 from tests.replicas import Replica
-from tests.servers import RunningServer
+from tests.servers import RunningServer, serve
 
 JS = Path(__file__).resolve().parents[1] / "clients" / "js"
 
@@ -49,13 +54,22 @@ def test_node_tests_pass_against_real_servers(
     replicas: Callable[..., list[Replica]], start_server: Callable[..., RunningServer]
 ) -> None:
     assert shutil.which("node"), "Node.js is needed for the TypeScript client's tests"
-    a, b = replicas(2)
-    jwt = start_server(jwt_secret=Secret("s" * 32))
-    env = os.environ | {
-        "CHAT_WS_A": a.ws,
-        "CHAT_WS_B": b.ws,
-        "CHAT_PID_A": str(a.process.pid),
-        "CHAT_WS_JWT": jwt.ws,
-    }
-    out = _run("node", "--experimental-websocket", "--test", "test/", env=env, timeout=240)
-    assert "# fail 0" in out, out
+
+    async def echo(request: Request) -> Response:  # the user's backend, for tool calls
+        return Response(orjson.dumps({"echo": orjson.loads(await request.body())["arguments"]}))
+
+    backend = serve(Starlette(routes=[Route("/hooks/echo", echo, methods=["POST"])]))
+    try:
+        a, b = replicas(2, TOOL_URL_ALLOWLIST=f"{backend.http}/hooks/")
+        jwt = start_server(jwt_secret=Secret("s" * 32))
+        env = os.environ | {
+            "CHAT_WS_A": a.ws,
+            "CHAT_WS_B": b.ws,
+            "CHAT_PID_A": str(a.process.pid),
+            "CHAT_WS_JWT": jwt.ws,
+            "CHAT_TOOL_URL": f"{backend.http}/hooks/echo",
+        }
+        out = _run("node", "--experimental-websocket", "--test", "test/", env=env, timeout=240)
+        assert "# fail 0" in out, out
+    finally:
+        backend.stop()

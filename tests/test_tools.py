@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from chat_client import ChatClient
 from chat_server import tools
 from protocol.messages import (
     Ack,
@@ -450,3 +451,28 @@ async def test_tool_events_cross_replicas_and_a_killed_replica_does_not_call_twi
     assert len(backend.of("slow")) == slow_before + 1, "the tool was called once"
     await on_a.close()
     await on_b.close()
+
+
+async def test_the_python_client_keeps_a_replys_tool_calls(
+    tool_server: RunningServer, backend: Backend
+) -> None:
+    user = new_user()
+    async with api(tool_server, user) as http:
+        aid = (await first_assistant(http))["id"]
+        await add_tool(http, aid, "echo", backend.url("echo"))
+    client = ChatClient(tool_server.ws, user)
+    await client.connect()
+    info = await client.create("tools")
+    result = client.next("tool_result")
+    ended = client.next("turn_end")
+    await client.send(info.id, "echo " + calling("echo", day="sunday"))
+    seen: ToolResult = await asyncio.wait_for(result, 10)
+    await asyncio.sleep(0)  # the result is applied after listeners saw it
+    reply = client.state.conversations[info.id].replies[seen.turn_id]
+    assert [(t.name, t.ok, t.result) for t in reply.tools] == [
+        ("echo", True, {"echo": {"day": "sunday"}})
+    ]
+    end: TurnEnd = await asyncio.wait_for(ended, 10)
+    assert [t.arguments for t in reply.tools] == [{"day": "sunday"}]
+    assert end.message.tools == reply.tools
+    await client.close()

@@ -10,15 +10,20 @@ import re
 import shlex
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from chat_client import ChatClient
-from tests.servers import RunningServer
+from tests.servers import RunningServer, serve
 from tests.wsclient import directive, new_user
 
 pytestmark = pytest.mark.asyncio
@@ -380,3 +385,36 @@ async def test_thinking_shows_apart_from_the_reply(browser: Browser, server: Run
     await expect(thoughts).to_contain_text("Understanding the request")
     await expect(reply.locator(".body")).not_to_contain_text("Understanding the request")
     await shot(page, "thinking")
+
+
+async def test_a_tool_is_added_on_the_page_and_its_call_shows_in_the_reply(
+    browser: Browser, start_server: Callable[..., RunningServer]
+) -> None:
+    async def hook(request: Request) -> Response:
+        args = orjson.loads(await request.body())["arguments"]
+        return Response(orjson.dumps({"events": [f"dentist on {args['day']}"]}))
+
+    backend = serve(Starlette(routes=[Route("/hooks/calendar", hook, methods=["POST"])]))
+    try:
+        server = start_server(tool_url_allowlist=f"{backend.http}/hooks/")
+        page = await signed_in(browser, server, new_user())
+        await page.click("#team summary")
+        await page.fill("#tool-name", "calendar")
+        await page.fill("#tool-description", "Looks up the user's calendar for a day")
+        await page.fill("#tool-url", f"{backend.http}/hooks/calendar")
+        schema = '{"type": "object", "properties": {"day": {"type": "string"}}}'
+        await page.fill("#tool-parameters", schema)
+        await page.click("#new-tool button")
+        await expect(page.locator("#assistants li.tool")).to_contain_text("tool calendar")
+        await new_conversation(page, "Tools")
+        args = shlex.quote('{"day": "tuesday"}')
+        await send(page, f"what is on tuesday? {directive(call='calendar', args=args)}")
+        reply = replies(page).last
+        await expect(reply).to_have_attribute("data-streaming", "false")
+        call = reply.locator(".calls li")
+        await expect(call).to_have_text(re.compile(r'^calendar\(day: "tuesday"\) → .*dentist'))
+        await expect(call).to_have_attribute("data-state", "ok")
+        await expect(reply.locator(".body")).to_contain_text("dentist on tuesday")
+        await shot(page, "tools")
+    finally:
+        backend.stop()

@@ -193,7 +193,7 @@ function render() {
       entry.li.className = `msg ${item.role}`;
       entry.li.dataset.key = item.key;
       entry.li.innerHTML =
-        '<div class="meta"></div><details class="thoughts" hidden><summary>Thinking</summary><div></div></details><div class="body"></div>';
+        '<div class="meta"></div><details class="thoughts" hidden><summary>Thinking</summary><div></div></details><ul class="calls" hidden></ul><div class="body"></div>';
       rendered.set(item.key, entry);
     }
     const reply = item.reply ?? c.replies[item.message?.id];
@@ -209,6 +209,14 @@ function render() {
       details.hidden = !thoughts;
       details.lastChild.innerHTML = markdown(thoughts);
     }
+    const calls = item.message?.tools ?? reply?.tools ?? [];
+    const callsKey = JSON.stringify(calls);
+    if (entry.calls !== callsKey) {
+      entry.calls = callsKey; // the tools the reply called, as they run and end
+      const ul = entry.li.querySelector(".calls");
+      ul.hidden = calls.length === 0;
+      ul.replaceChildren(...calls.map(callItem));
+    }
     if (entry.text !== item.text) {
       entry.text = item.text;
       const body = entry.li.lastChild;
@@ -223,6 +231,21 @@ function render() {
   const streaming = items.some((i) => i.streaming);
   $("stop").disabled = !streaming;
   if (atBottom) scrollDown();
+}
+
+/** One tool call: its name and arguments, then its outcome once it is in. */
+function callItem(call) {
+  const li = document.createElement("li");
+  const state = call.ok ? "ok" : call.error ? "failed" : "running";
+  li.dataset.state = state;
+  const args = Object.entries(call.arguments ?? {}).map(([k, v]) => `${k}: ${JSON.stringify(v)}`);
+  const outcome = call.ok
+    ? ` → ${JSON.stringify(call.result)}`
+    : call.error
+      ? ` → ${call.error.code}: ${call.error.message}`
+      : " …";
+  li.textContent = `${call.name}(${args.join(", ")})${outcome}`; // text only: untrusted
+  return li;
 }
 
 const scrollDown = () => ($("messages").scrollTop = $("messages").scrollHeight);
@@ -337,6 +360,7 @@ async function loadTeam() {
   ul.replaceChildren();
   const select = $("skill-assistant");
   select.replaceChildren();
+  $("tool-assistant").replaceChildren();
   for (const a of assistants) {
     const li = document.createElement("li");
     li.className = "assistant";
@@ -352,6 +376,20 @@ async function loadTeam() {
         return api("PATCH", `/assistants/${a.id}`, { thinking_budget: Number(v) });
       }),
     );
+    const tools = await api("GET", `/assistants/${a.id}/tools`);
+    if (tools.length) {
+      const sub = document.createElement("ul");
+      for (const t of tools) {
+        const item = document.createElement("li");
+        item.className = "tool";
+        const text = document.createElement("span");
+        text.textContent = `tool ${t.name}: ${t.url}`;
+        text.title = t.description;
+        item.append(text, editButton("Delete", null, null, () => api("DELETE", `/tools/${t.id}`)));
+        sub.append(item);
+      }
+      li.append(sub);
+    }
     const skills = await api("GET", `/assistants/${a.id}/skills`);
     if (skills.length) {
       const sub = document.createElement("ul");
@@ -371,6 +409,7 @@ async function loadTeam() {
     }
     ul.append(li);
     select.append(new Option(a.name, a.id));
+    $("tool-assistant").append(new Option(a.name, a.id));
   }
 }
 
@@ -396,6 +435,23 @@ $("new-assistant").addEventListener("submit", async (event) => {
   event.preventDefault();
   await api("POST", "/assistants", { name: $("assistant-name").value.trim() });
   $("assistant-name").value = "";
+  await loadTeam();
+});
+
+$("new-tool").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  try {
+    await api("POST", `/assistants/${$("tool-assistant").value}/tools`, {
+      name: $("tool-name").value.trim(),
+      description: $("tool-description").value.trim(),
+      url: $("tool-url").value.trim(),
+      parameters: JSON.parse($("tool-parameters").value || '{"type": "object"}'),
+    });
+  } catch (error) {
+    showStatus(`tool not saved: ${error.message}`);
+    return;
+  }
+  for (const id of ["tool-name", "tool-description", "tool-url"]) $(id).value = "";
   await loadTeam();
 });
 

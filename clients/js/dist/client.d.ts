@@ -1,4 +1,4 @@
-import { type Ack, type AssistantRef, type ConversationInfo, type FinishReason, type HistoryPage, type MessageInfo, type RouteInfo, type SessionOptions, type Usage } from "./protocol.js";
+import { type Ack, type AssistantRef, type ConversationInfo, type FinishReason, type HistoryPage, type MessageInfo, type RouteInfo, type SessionOptions, type ToolCallInfo, type Usage } from "./protocol.js";
 export * from "./protocol.js";
 /** The part of the Web Storage API the outbox uses (localStorage fits). */
 export interface StorageLike {
@@ -28,6 +28,7 @@ export interface Reply {
     route: RouteInfo;
     text: string;
     thoughts: string;
+    tools: ToolCallInfo[];
     done: boolean;
     finishReason?: FinishReason;
     usage?: Usage;

@@ -21,6 +21,7 @@ import {
   type RouteInfo,
   type ServerMessage,
   type SessionOptions,
+  type ToolCallInfo,
   type Usage,
 } from "./protocol.js";
 
@@ -57,6 +58,7 @@ export interface Reply {
   route: RouteInfo;
   text: string;
   thoughts: string; // the model's thought summary (hello.options.thoughts), never stored
+  tools: ToolCallInfo[]; // the tools it called, in order, with their outcomes once in
   done: boolean;
   finishReason?: FinishReason;
   usage?: Usage;
@@ -458,7 +460,7 @@ export class ChatClient {
         this.grow(c, message.seq, message.turn_id);
         c.replies[message.turn_id] = {
           turnId: message.turn_id, seq: message.seq, replyTo: message.reply_to,
-          alternatives: message.alternatives ?? 1, assistant: message.assistant, model: message.model, route: message.route, text: "", thoughts: "", done: false,
+          alternatives: message.alternatives ?? 1, assistant: message.assistant, model: message.model, route: message.route, text: "", thoughts: "", tools: [], done: false,
         };
         break;
       }
@@ -477,12 +479,26 @@ export class ChatClient {
         if (reply && message.offset >= reply.thoughts.length) reply.thoughts += message.text;
         break;
       }
+      case "tool_call": {
+        const reply = this.state.conversations[message.conversation_id]?.replies[message.turn_id];
+        if (reply && !reply.tools.some((t) => t.call_id === message.call_id)) {
+          reply.tools.push({ call_id: message.call_id, name: message.name, arguments: message.arguments, offset: message.offset });
+        }
+        break;
+      }
+      case "tool_result": {
+        const reply = this.state.conversations[message.conversation_id]?.replies[message.turn_id];
+        const call = reply?.tools.find((t) => t.call_id === message.call_id);
+        if (call) Object.assign(call, { ok: message.ok, result: message.result, error: message.error });
+        break;
+      }
       case "turn_end": {
         const c = this.state.conversations[message.conversation_id];
         if (!c) break;
         const reply = c.replies[message.turn_id];
         if (reply) {
           reply.text = message.message.text; // the stored text is the reply
+          reply.tools = message.message.tools ?? reply.tools;
           reply.done = true;
           reply.finishReason = message.finish_reason;
           reply.usage = message.usage;

@@ -169,6 +169,33 @@ test("regenerate, edit and switch: devices on two replicas show the same branch"
   laptop.close();
 });
 
+test("a tool call and its result are kept with the reply, live and stored", async () => {
+  const token = user();
+  const headers = { Authorization: `Bearer ${token}`, "Content-Type": "application/json" };
+  const client = new ChatClient({ url: A, token });
+  await client.connect();
+  const [assistant] = await (await fetch(`${httpOf(A)}/api/v1/assistants`, { headers })).json();
+  const tool = {
+    name: "echo", description: "echoes", url: process.env.CHAT_TOOL_URL,
+    parameters: { type: "object", properties: { word: { type: "string" } } },
+  };
+  const made = await fetch(`${httpOf(A)}/api/v1/assistants/${assistant.id}/tools`, {
+    method: "POST", headers, body: JSON.stringify(tool),
+  });
+  assert.equal(made.status, 201, await made.text());
+  const conversation = await client.create("tools");
+  const seen = until(client, "tool_result");
+  const ended = until(client, "turn_end");
+  await client.send(conversation.id, `say it [[sim call=echo args='{"word": "hi"}']]`);
+  const result = await seen;
+  const live = client.state.conversations[conversation.id].replies[result.turn_id];
+  assert.deepEqual(live.tools.map((t) => [t.name, t.ok, t.result]), [["echo", true, { echo: { word: "hi" } }]]);
+  const end = await ended;
+  assert.deepEqual(end.message.tools.map((t) => t.arguments), [{ word: "hi" }]);
+  assert.match(end.message.text, /echo/);
+  client.close();
+});
+
 test("go_away reconnects to the other replica and the reply continues exactly", async () => {
   const token = user();
   const client = new ChatClient({ url: [A, B], token, backoffBaseMs: 50 });
