@@ -486,12 +486,21 @@ class ChatClient:
                     )
                     calls.append(called)
             case ToolResult() if c is not None and message.turn_id in c.replies:
-                calls = c.replies[message.turn_id].tools
-                for n, call in enumerate(calls):
-                    if call.call_id == message.call_id:
-                        calls[n] = msgspec.structs.replace(
-                            call, ok=message.ok, result=message.result, error=message.error
+                reply = c.replies[message.turn_id]
+                n = next((n for n, t in enumerate(reply.tools) if t.call_id == message.call_id), -1)
+                if n < 0:  # joined while the tool ran: its call went by; turn_end has it all
+                    reply.tools.append(
+                        ToolCallInfo(
+                            call_id=message.call_id,
+                            name=message.name,
+                            arguments={},
+                            offset=len(reply.text),
                         )
+                    )
+                    n = len(reply.tools) - 1
+                reply.tools[n] = msgspec.structs.replace(
+                    reply.tools[n], ok=message.ok, result=message.result, error=message.error
+                )
             case TurnEnd() if c is not None:
                 reply = c.replies.get(message.turn_id)
                 if reply is not None:

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from chat_client import ChatClient
 from chat_server import tools
+from chat_server.turns.toolbox import MAX_PARALLEL
 from protocol.messages import (
     Ack,
     Cancel,
@@ -475,4 +476,26 @@ async def test_the_python_client_keeps_a_replys_tool_calls(
     end: TurnEnd = await asyncio.wait_for(ended, 10)
     assert [t.arguments for t in reply.tools] == [{"day": "sunday"}]
     assert end.message.tools == reply.tools
+    await client.close()
+
+
+async def test_more_parallel_calls_than_allowed_are_refused_not_sent(
+    tool_server: RunningServer, backend: Backend
+) -> None:
+    user = new_user()
+    async with api(tool_server, user) as http:
+        aid = (await first_assistant(http))["id"]
+        await add_tool(http, aid, "echo", backend.url("echo"))
+    client = await device(tool_server.ws, user)
+    cid = await client.create()
+    before = len(backend.of("echo"))
+    many = ",".join(["echo"] * (MAX_PARALLEL + 1))
+    await client.send(Send(id="1", conversation_id=cid, text="all " + calling(many, day="x")))
+    end, frames = await client.until(TurnEnd)
+    results = of(frames, ToolResult)
+    assert len(results) == MAX_PARALLEL + 1
+    skipped = [r for r in results if r.error is not None]
+    assert [r.error.code for r in skipped if r.error] == ["tool_skipped"]
+    assert len(backend.of("echo")) - before == MAX_PARALLEL
+    assert end.finish_reason == "stop"
     await client.close()

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from chat_server.turns.generation import Context
 
 
+MAX_PARALLEL = 16  # calls of one model response run at once; more are refused
+
+
 @dataclass(frozen=True, slots=True)
 class Kit:
     """What an assistant may call: its webhooks, and its team (whom it may hand to)."""
@@ -102,7 +105,8 @@ class ToolBox:
 
     async def run(self, calls: Sequence[FunctionCall], offset: int) -> list[Outcome]:
         """Announce every call, run them at once, announce each outcome as it comes; the
-        outcomes in the calls' order. A handoff is taken alone: the reply ends."""
+        outcomes in the calls' order. A handoff is taken alone: the reply ends. Past
+        ``MAX_PARALLEL`` calls in one response the rest are refused, not sent."""
         for call in calls:
             info = ToolCallInfo(call_id=call.id, name=call.name, arguments=call.args, offset=offset)
             self._open[call.id] = info
@@ -124,7 +128,15 @@ class ToolBox:
             for call, outcome in zip(calls, outcomes, strict=True):
                 await self._settle(call, outcome)
             return outcomes
-        return list(await asyncio.gather(*(self._one(call) for call in calls)))
+        refused = failed("tool_skipped", f"more than {MAX_PARALLEL} calls at once")
+        return list(
+            await asyncio.gather(
+                *(
+                    self._one(call) if n < MAX_PARALLEL else self._settled(call, refused)
+                    for n, call in enumerate(calls)
+                )
+            )
+        )
 
     def _hand(self, call: FunctionCall) -> Outcome:
         name = str(call.args.get("assistant", ""))
@@ -144,6 +156,9 @@ class ToolBox:
         else:
             context = {"conversation_id": str(self._conversation_id), "turn_id": str(self._turn_id)}
             outcome = await self._webhooks.call(tool, call, context)
+        return await self._settled(call, outcome)
+
+    async def _settled(self, call: FunctionCall, outcome: Outcome) -> Outcome:
         await self._settle(call, outcome)
         return outcome
 

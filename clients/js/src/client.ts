@@ -488,8 +488,13 @@ export class ChatClient {
       }
       case "tool_result": {
         const reply = this.state.conversations[message.conversation_id]?.replies[message.turn_id];
-        const call = reply?.tools.find((t) => t.call_id === message.call_id);
-        if (call) Object.assign(call, { ok: message.ok, result: message.result, error: message.error });
+        if (!reply) break;
+        const outcome = { ok: message.ok, result: message.result, error: message.error };
+        const call = reply.tools.find((t) => t.call_id === message.call_id);
+        // A device that joined while the tool ran missed its tool_call: kept without
+        // arguments until turn_end brings the stored record.
+        if (call) Object.assign(call, outcome);
+        else reply.tools.push({ call_id: message.call_id, name: message.name, arguments: {}, offset: reply.text.length, ...outcome });
         break;
       }
       case "turn_end": {
