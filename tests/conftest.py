@@ -63,8 +63,9 @@ def db(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[RunningServer]:
-    """A fast simulator: 20 ms to first token, 400 tokens/s, 40-token replies."""
-    running = serve(create_simulator(SimConfig(ttft_s=0.02, tokens_per_s=400)))
+    """A fast simulator: 20 ms to first token, 400 tokens/s, 40-token replies, one token
+    per chunk (the worst case, and what tests of token-by-token delivery need)."""
+    running = serve(create_simulator(SimConfig(ttft_s=0.02, tokens_per_s=400, chunk_tokens=1)))
     yield running
     running.stop()
 

@@ -183,3 +183,27 @@ def test_abuse_scenario_keeps_the_abusers_extra_turns_from_the_model(
     for phase in ("ordinary users alone", "with the abuser"):
         assert report["latency_ms"][f"send → first delta ({phase})"]["n"] == 2 * 3
     assert any("with the abuser" in name for name in report["derived"])
+
+
+def test_capacity_scenario_ramps_and_judges_each_step(
+    deployment: list[Spawned], tmp_path: Path
+) -> None:
+    """A tiny ramp: every step is measured and judged; what is judged is not asserted
+    (the service level of a shared test machine proves nothing), only that nothing was
+    lost and the verdicts follow from the figures."""
+    report = run_cli(
+        deployment,
+        tmp_path,
+        *("capacity", "--ramp", "2,4", "--step-s", "4", "--think-s", "0.5"),
+        *("--tokens", "40", "--ttft-ms", "50", "--ack-ms", "100000"),
+        *("--first-ms", "100000", "--chunk-ms", "100000"),
+    )
+    counts, derived, latency = report["counts"], report["derived"], report["latency_ms"]
+    assert counts["lost_turns"] == 0
+    assert counts.get("lost_reply_text", 0) == 0
+    for people in (2, 4):
+        assert counts[f"turns:{people}"] >= people, "every person sent at least one turn"
+        for name in ("send → ack", "first delta after the model's", "chunk emit → device"):
+            assert latency[f"{people:>5} people: {name}"]["n"] > 0
+        assert derived[f"{people} people: ok"] == 1.0, "met the (here unbounded) level"
+    assert derived["people_ok"] == 4

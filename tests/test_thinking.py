@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server.llm import ChatTurn, LLMChunk, LLMRequest
 from chat_server.llm.gemini import GeminiProvider
+from chat_server.llm.simulator import GEMINI_CHUNK, SimConfig, create_simulator
 from chat_server.storage.models import Message as MessageRow
 from protocol.messages import (
     Ack,
@@ -25,7 +26,7 @@ from protocol.messages import (
     TurnEnd,
     TurnStart,
 )
-from tests.servers import RunningServer
+from tests.servers import RunningServer, serve
 from tests.wsclient import Client, directive, new_user, two_devices
 
 pytestmark = pytest.mark.asyncio
@@ -33,10 +34,12 @@ pytestmark = pytest.mark.asyncio
 COMPLEX = "Compare these two plans in detail, step by step, and analyze the risks."
 
 
-async def stream(simulator: RunningServer, text: str, **thinking: Any) -> list[LLMChunk]:
+async def stream(
+    simulator: RunningServer, text: str, model: str = "gemini-2.5-flash", **thinking: Any
+) -> list[LLMChunk]:
     provider = GeminiProvider(api_key="k", base_url=simulator.http, attempts=1)
     request = LLMRequest(
-        model="gemini-2.5-flash",
+        model=model,
         system_prompt="",
         history=[ChatTurn(role="user", text=text)],
         max_output_tokens=500,
@@ -86,6 +89,29 @@ async def test_the_simulator_streams_chunks_of_the_size_asked_with_usage(
         assert chunks[-1].output_tokens == tokens
         assert chunks[-1].input_tokens is not None
         assert chunks[-1].input_tokens > 0
+
+
+async def test_by_default_the_simulator_streams_gemini_shaped_varying_chunks() -> None:
+    """Default config: 24-64 tokens per chunk, varying, repeatable for one prompt; a
+    model's own pace when one is set for it."""
+    pro = ("gemini-2.5-pro", 0.4, 5000.0)
+    running = serve(create_simulator(SimConfig(ttft_s=0.0, tokens_per_s=5000, models=(pro,))))
+    try:
+        prompt = "hi " + directive(tokens=400)
+        chunks = await stream(running, prompt)
+        sizes = [len(c.text.split()) for c in chunks if c.text]
+        assert sum(sizes) == 400
+        assert all(GEMINI_CHUNK[0] <= n <= GEMINI_CHUNK[1] for n in sizes[:-1]), sizes
+        assert len(set(sizes)) > 1, "sizes vary"
+        again = [len(c.text.split()) for c in await stream(running, prompt) if c.text]
+        assert again == sizes, "the same prompt streams the same way"
+        one = [len(c.text.split()) for c in await stream(running, prompt[:-2] + " chunk=1]]")]
+        assert set(one) == {1}, "one token per chunk stays available"
+        started = time.monotonic()
+        await stream(running, "hi", model="gemini-2.5-pro")
+        assert time.monotonic() - started >= 0.4, "the pro model's own time to first token"
+    finally:
+        running.stop()
 
 
 async def test_simple_turns_get_the_fast_budget_and_complex_ones_the_assistants(

@@ -7,7 +7,9 @@ real google-genai client. It never calls out anywhere.
 Pace and failures come from ``SimConfig``; any request can override them with a
 directive in its last user text, e.g. ``[[sim ttft_ms=0 tps=500 fail=cut after=3]]``:
 
-- ``ttft_ms``, ``tps`` (tokens per second), ``chunk`` (tokens per SSE event),
+- ``ttft_ms``, ``tps`` (tokens per second), ``chunk`` (tokens per SSE event; by default
+  each event carries a varying 24-64 tokens, as Gemini 2.5 streams; ``chunk=1`` is the
+  one-token worst case),
   ``tokens`` (length of the default reply), ``reply="exact text"``;
 - ``think_tokens`` (how long the model thinks when it decides for itself) and
   ``think_tps`` (thinking tokens per second);
@@ -42,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import random
 import re
 import shlex
 import threading
@@ -98,7 +101,7 @@ _STALL_S = 300.0
 class SimConfig:
     ttft_s: float = 0.3
     tokens_per_s: float = 40.0
-    chunk_tokens: int = 1
+    chunk_tokens: int = 0  # tokens per event; 0: Gemini-shaped (GEMINI_CHUNK, varying)
     reply_tokens: int = 40
     reply: str | None = None
     fail: str | None = None
@@ -110,6 +113,31 @@ class SimConfig:
     call_args: str = "{}"  # their arguments, a JSON object
     call_rounds: int = 1  # model responses that call them before answering in text
     handoff: tuple[str, ...] = ()  # teammates to hand the conversation to, if declared
+    # Per model (name prefix → time to first token s, tokens/s), before any directive.
+    models: tuple[tuple[str, float, float], ...] = ()
+
+
+GEMINI_CHUNK = (24, 64)  # tokens per streamed chunk, drawn per chunk (2.5 models: 32-64)
+
+
+def chunk_sizes(cfg: SimConfig, count: int, seed: str) -> list[int]:
+    """How many tokens each event carries: fixed, or Gemini-shaped (varying, the same
+    for the same prompt so runs repeat)."""
+    if cfg.chunk_tokens > 0:
+        return [cfg.chunk_tokens] * -(-count // cfg.chunk_tokens)
+    draw = random.Random(zlib.crc32(seed.encode()))
+    sizes: list[int] = []
+    while sum(sizes) < count:
+        sizes.append(draw.randint(*GEMINI_CHUNK))
+    return sizes
+
+
+def for_model(cfg: SimConfig, model: str) -> SimConfig:
+    """The pace set for ``model`` (the first matching prefix), else ``cfg``'s."""
+    for prefix, ttft_s, tps in cfg.models:
+        if model.startswith(prefix):
+            return replace(cfg, ttft_s=ttft_s, tokens_per_s=tps)
+    return cfg
 
 
 class _Abort(Exception):
@@ -140,7 +168,7 @@ def _apply_directive(config: SimConfig, text: str) -> SimConfig:
         elif key == "tps":
             changes["tokens_per_s"] = float(value)
         elif key == "chunk":
-            changes["chunk_tokens"] = max(1, int(value))
+            changes["chunk_tokens"] = 0 if value == "gemini" else max(0, int(value))
         elif key == "tokens":
             changes["reply_tokens"] = int(value)
         elif key == "reply":
@@ -283,7 +311,7 @@ def create_simulator(config: SimConfig | None = None) -> Starlette:
             return _error(400, "INVALID_ARGUMENT", "request must carry contents")
         received.append({"model": model, "method": method, "body": body, "at": time.time()})
         try:
-            cfg = _apply_directive(base, prompt)
+            cfg = _apply_directive(for_model(base, model.rpartition("/")[2]), prompt)
         except ValueError as exc:
             return _error(400, "INVALID_ARGUMENT", f"bad [[sim]] directive: {exc}")
         if cfg.fail == "429":
@@ -386,16 +414,22 @@ async def _stream(
         await asyncio.sleep(think_s / len(pieces))
         yield _chunk(thought, thought=True)
     await asyncio.sleep(cfg.ttft_s + (0.0 if pieces else think_s))
-    interval = cfg.chunk_tokens / cfg.tokens_per_s if cfg.tokens_per_s > 0 else 0.0
+    per_token = 1 / cfg.tokens_per_s if cfg.tokens_per_s > 0 else 0.0
     stop_at = min(cfg.fail_after, len(tokens)) if cfg.fail else len(tokens)
     started = time.monotonic()
     sent = 0
-    for i in range(0, stop_at, cfg.chunk_tokens):
-        # Pace against the start time so a slow consumer does not slow the clock.
-        delay = started + (i // cfg.chunk_tokens) * interval - time.monotonic()
+    i = 0
+    for size in chunk_sizes(cfg, stop_at, "".join(tokens)):
+        if i >= stop_at:
+            break
+        # Pace against the start time so a slow consumer does not slow the clock: the
+        # first chunk leaves at the time to first token, each next one when the tokens
+        # before it would have been generated.
+        delay = started + i * per_token - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        piece = tokens[i : min(i + cfg.chunk_tokens, stop_at)]
+        piece = tokens[i : min(i + size, stop_at)]
+        i += size
         sent += len(piece)
         last = cfg.fail is None and sent >= len(tokens)
         text = "".join(piece)
@@ -470,9 +504,25 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--ttft-ms", type=float, default=300)
     parser.add_argument("--tps", type=float, default=40)
-    parser.add_argument("--chunk", type=int, default=1)
+    parser.add_argument("--chunk", type=int, default=0, help="tokens per chunk; 0: Gemini-shaped")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="PREFIX:TTFT_MS:TPS",
+        help="the pace of models whose name starts with PREFIX (repeat)",
+    )
     args = parser.parse_args()
-    config = SimConfig(ttft_s=args.ttft_ms / 1000, tokens_per_s=args.tps, chunk_tokens=args.chunk)
+    models = []
+    for spec in args.model:
+        prefix, ttft_ms, tps = spec.rsplit(":", 2)
+        models.append((prefix, float(ttft_ms) / 1000, float(tps)))
+    config = SimConfig(
+        ttft_s=args.ttft_ms / 1000,
+        tokens_per_s=args.tps,
+        chunk_tokens=args.chunk,
+        models=tuple(models),
+    )
     uvicorn.run(create_simulator(config), host=args.host, port=args.port, log_level="warning")
 
 
