@@ -155,6 +155,11 @@ def _place(m: Any) -> tuple[Any, Any]:
     return rank, count.where(same).scalar_subquery()
 
 
+# Built once: constructing the aliased subqueries per statement cost ~6 % of a busy
+# replica's CPU (py-spy); SQLAlchemy caches the compiled SQL either way.
+_PLACE = _place(Message)
+
+
 def _placed(rows: Any) -> list[Placed]:
     return [(row, int(rank), int(count)) for row, rank, count in rows]
 
@@ -205,9 +210,7 @@ async def _append(s: AsyncSession, conversation_id: uuid.UUID, rows: list[Messag
     await s.flush()
     ids = [row.id for row in rows]
     placed = _placed(
-        await s.execute(
-            select(Message, *_place(Message)).where(Message.id.in_(ids)).order_by(Message.seq)
-        )
+        await s.execute(select(Message, *_PLACE).where(Message.id.in_(ids)).order_by(Message.seq))
     )
     return placed
 
@@ -332,7 +335,7 @@ async def finish_reply(
         update(Message)
         .where(Message.id == message_id, finishable)
         .values(text=text, status=status, meta=Message.meta.op("||")(meta), updated_at=func.now())
-        .returning(Message, *_place(Message))
+        .returning(Message, *_PLACE)
     )
     placed = _placed(rows)
     return placed[0] if placed else None
@@ -413,7 +416,7 @@ async def messages_after(
     """Every message after ``after_seq``, on any branch (what a resuming device missed:
     seqs stay gap-free across branches; each new message became the active leaf)."""
     rows = await s.execute(
-        select(Message, *_place(Message))
+        select(Message, *_PLACE)
         .where(Message.conversation_id == conversation_id, Message.seq > after_seq)
         .order_by(Message.seq)
         .limit(limit)
@@ -443,7 +446,7 @@ async def branch_page(
     if conversation.leaf_id is None:
         return [], False
     path = _path(conversation.id, conversation.leaf_id, None)
-    query = select(Message, *_place(Message)).join(path, path.c.id == Message.id)
+    query = select(Message, *_PLACE).join(path, path.c.id == Message.id)
     if before_seq is not None:
         query = query.where(Message.seq < before_seq)
     rows = _placed(await s.execute(query.order_by(Message.seq.desc()).limit(limit + 1)))
