@@ -38,6 +38,9 @@ class Drain:
 
     def __init__(self) -> None:
         self.sessions: set[Session] = set()
+        # Accepted connections that have not said hello yet: a backlog that, past
+        # PENDING_HELLOS, refuses new handshakes (503) rather than starve them all.
+        self.awaiting_hello = 0
         self.draining = False
         self._empty = asyncio.Event()
 

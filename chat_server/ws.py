@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -69,6 +70,20 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             JSONResponse({"error": "draining; connect to another replica"}, status_code=503)
         )
         return
+    if runtime.drain.awaiting_hello >= settings.pending_hellos:
+        # A reconnect storm: accepting more would only make every waiting hello later
+        # (and time out as 4002, back into the storm). Refused before any work is done;
+        # the jittered delay spreads the retries (the clients back off with jitter too).
+        runtime.metrics.limit_hit("pending_hellos")
+        wait_ms = random.randint(1000, 3000)
+        await websocket.send_denial_response(
+            JSONResponse(
+                {"error": "over_capacity", "retry_after_ms": wait_ms},
+                status_code=503,
+                headers={"Retry-After": retry_after_header(wait_ms)},
+            )
+        )
+        return
     await websocket.accept()
     session = Session(runtime, _StarletteTransport(websocket))
     runtime.drain.add(session)
@@ -76,7 +91,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     metrics.connections_open.inc()
     writer = asyncio.create_task(session.run_writer(), name=f"writer-{session.id}")
     try:
-        await _receive_loop(websocket, session, writer, settings)
+        await _receive_loop(websocket, session, writer, settings, runtime.drain)
     except Disconnect as exc:
         session.request_close(exc.close_code, exc.reason, flush=True)
     except WebSocketDisconnect:
@@ -95,25 +110,38 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 async def _receive_loop(
-    websocket: WebSocket, session: Session, writer: asyncio.Task[None], settings: Settings
+    websocket: WebSocket,
+    session: Session,
+    writer: asyncio.Task[None],
+    settings: Settings,
+    drain: Drain,
 ) -> None:
     idle_s = 2 * settings.heartbeat_ms / 1000
     rate = FrameRate(settings.frames_per_second if settings.limits else None)
-    while not writer.done():
-        waiting_hello = session.state is SessionState.AWAITING_HELLO
-        try:
-            async with asyncio.timeout(settings.hello_timeout_s if waiting_hello else idle_s):
-                message = await websocket.receive()
-        except TimeoutError:
-            if waiting_hello:
-                raise Disconnect(CloseCode.HELLO_TIMEOUT, "no hello in time") from None
-            raise Disconnect(CloseCode.IDLE_TIMEOUT, "no frame for two heartbeats") from None
-        if message["type"] == "websocket.disconnect":
-            return
-        data = message.get("text")
-        if data is None:
-            data = message.get("bytes") or b""
-        await handle(session, data, rate)
+    drain.awaiting_hello += 1  # until its hello is handled (or it goes)
+    pending = True
+    try:
+        while not writer.done():
+            waiting_hello = session.state is SessionState.AWAITING_HELLO
+            if pending and not waiting_hello:
+                drain.awaiting_hello -= 1
+                pending = False
+            try:
+                async with asyncio.timeout(settings.hello_timeout_s if waiting_hello else idle_s):
+                    message = await websocket.receive()
+            except TimeoutError:
+                if waiting_hello:
+                    raise Disconnect(CloseCode.HELLO_TIMEOUT, "no hello in time") from None
+                raise Disconnect(CloseCode.IDLE_TIMEOUT, "no frame for two heartbeats") from None
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("text")
+            if data is None:
+                data = message.get("bytes") or b""
+            await handle(session, data, rate)
+    finally:
+        if pending:
+            drain.awaiting_hello -= 1
 
 
 async def handle(session: Session, data: str | bytes, rate: FrameRate) -> None:

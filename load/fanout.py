@@ -28,7 +28,8 @@ from protocol.messages import Ack, Delta, Error, Join, Send, TurnEnd
 LOCAL, REMOTE = "chunk emit → receipt (generating replica)", "chunk emit → receipt (other replicas)"
 JOINING = "connect → joined"
 # Every subscriber is a device of one user: far more than CONNECTIONS_PER_USER allows.
-SERVER_ENV = {"CONNECTIONS_PER_USER": "100000"}
+# One user's many devices, opened in batches before they say hello: room for both.
+SERVER_ENV = {"CONNECTIONS_PER_USER": "100000", "PENDING_HELLOS": "100000"}
 
 
 @dataclass(frozen=True)

@@ -230,6 +230,37 @@ async def test_handshakes_over_the_per_ip_rate_get_429(
     await asyncio.gather(*(ws.close() for ws in opened))
 
 
+async def test_handshakes_over_the_hello_backlog_get_503_until_it_drains(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A reconnect storm: past PENDING_HELLOS connections waiting for their hello, new
+    handshakes are refused at once (503, Retry-After) instead of accepted and starved."""
+    running = start_server(pending_hellos=2)
+    waiting = [await websockets.connect(running.ws) for _ in range(2)]  # no hello yet
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(running.ws)
+    assert refused.value.response.status_code == 503
+    assert 1 <= int(refused.value.response.headers["Retry-After"]) <= 3
+
+    async def admitted() -> websockets.ClientConnection:
+        for _ in range(100):  # the server frees the place right after, on its own loop
+            try:
+                return await websockets.connect(running.ws)
+            except websockets.InvalidStatus:
+                await asyncio.sleep(0.02)
+        raise AssertionError("never admitted")
+
+    client = Client(waiting[0])
+    await client.hello(new_user())  # one says hello: a place in the backlog frees up
+    third = await admitted()
+    await waiting[1].close()  # one goes without a hello: another place
+    fourth = await admitted()
+    with pytest.raises(websockets.InvalidStatus):
+        await websockets.connect(running.ws)
+    for ws in (waiting[0], third, fourth):
+        await ws.close()
+
+
 async def test_a_user_with_too_many_replies_streaming_is_rate_limited(
     start_server: Callable[..., RunningServer],
 ) -> None:
