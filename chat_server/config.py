@@ -108,7 +108,8 @@ class Settings:
     heartbeat_ms: int = 25_000  # HEARTBEAT_MS: client pings this often; 2x silence → 4001
     hello_timeout_s: float = 10.0  # HELLO_TIMEOUT_S: time for the first frame (4002)
     # PENDING_HELLOS: accepted connections waiting for their hello; more handshakes: 503.
-    pending_hellos: int = 256
+    # 0: no cap (the default: a cap of 256 made load.faults' storm worse, see README).
+    pending_hellos: int = 0
     replay_limit: int = 1000  # REPLAY_LIMIT: most events replayed on join (else recovered:false)
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     log_level: str = "info"  # LOG_LEVEL: debug | info | warning | error
@@ -176,7 +177,7 @@ class Settings:
             outbox_bytes=r.number("OUTBOX_BYTES", d.outbox_bytes, int, 64 * 1024),
             heartbeat_ms=r.number("HEARTBEAT_MS", d.heartbeat_ms, int, 100),
             hello_timeout_s=r.number("HELLO_TIMEOUT_S", d.hello_timeout_s, float, 0.1),
-            pending_hellos=r.number("PENDING_HELLOS", d.pending_hellos, int, 1),
+            pending_hellos=r.number("PENDING_HELLOS", d.pending_hellos, int, 0),
             replay_limit=r.number("REPLAY_LIMIT", d.replay_limit, int, 1),
             node_id=r.text("NODE_ID", d.node_id),
             log_level=r.choice("LOG_LEVEL", d.log_level, LOG_LEVELS),

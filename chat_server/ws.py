@@ -70,7 +70,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             JSONResponse({"error": "draining; connect to another replica"}, status_code=503)
         )
         return
-    if runtime.drain.awaiting_hello >= settings.pending_hellos:
+    if 0 < settings.pending_hellos <= runtime.drain.awaiting_hello:
         # A reconnect storm: accepting more would only make every waiting hello later
         # (and time out as 4002, back into the storm). Refused before any work is done;
         # the jittered delay spreads the retries (the clients back off with jitter too).

@@ -29,7 +29,7 @@ LOCAL, REMOTE = "chunk emit → receipt (generating replica)", "chunk emit → r
 JOINING = "connect → joined"
 # Every subscriber is a device of one user: far more than CONNECTIONS_PER_USER allows.
 # One user's many devices, opened in batches before they say hello: room for both.
-SERVER_ENV = {"CONNECTIONS_PER_USER": "100000", "PENDING_HELLOS": "100000"}
+SERVER_ENV = {"CONNECTIONS_PER_USER": "100000", "PENDING_HELLOS": "0"}
 
 
 @dataclass(frozen=True)
