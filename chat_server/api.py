@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -49,8 +48,9 @@ from chat_server.rest import (
     ApiError,
     Caller,
     Endpoint,
+    apply_patch,
     decode_body,
-    not_found,
+    owned_row,
     path_id,
     respond,
 )
@@ -126,21 +126,8 @@ async def create_assistant(c: Caller) -> Response:
         return respond(_assistant_out(assistant), 201)
 
 
-async def _owned(
-    s: AsyncSession,
-    c: Caller,
-    what: str,
-    lookup: Callable[[AsyncSession, uuid.UUID, uuid.UUID], Awaitable[R | None]],
-) -> R:
-    """The caller's row named by the ``{what}_id`` path parameter; else 404."""
-    row = await lookup(s, c.user_id, path_id(c, what))
-    if row is None:
-        raise not_found(what)
-    return row
-
-
 async def _own_assistant(s: AsyncSession, c: Caller) -> Assistant:
-    return await _owned(s, c, "assistant", queries.get_assistant)
+    return await owned_row(s, c, "assistant", queries.get_assistant)
 
 
 async def get_assistant(c: Caller) -> Response:
@@ -152,10 +139,7 @@ async def update_assistant(c: Caller) -> Response:
     body = decode_body(AssistantPatch, await c.request.body())
     async with c.db() as s:
         assistant = await _own_assistant(s, c)
-        for name in body.__struct_fields__:
-            value = getattr(body, name)
-            if value is not msgspec.UNSET:
-                setattr(assistant, name, value)
+        apply_patch(assistant, body)
         await s.flush()
         await s.refresh(assistant)
         return respond(_assistant_out(assistant))
@@ -208,7 +192,7 @@ async def _embed_description(
 
 
 async def _own_skill(s: AsyncSession, c: Caller) -> Skill:
-    return await _owned(s, c, "skill", queries.get_skill)
+    return await owned_row(s, c, "skill", queries.get_skill)
 
 
 async def _skill_response(s: AsyncSession, c: Caller, skill: Skill) -> Response:
@@ -285,7 +269,7 @@ async def add_example(c: Caller) -> Response:
 
 async def delete_example(c: Caller) -> Response:
     async with c.db() as s:
-        await s.delete(await _owned(s, c, "example", queries.get_example))
+        await s.delete(await owned_row(s, c, "example", queries.get_example))
     return Response(status_code=204)
 
 

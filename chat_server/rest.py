@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,6 +27,7 @@ from protocol.errors import ErrorCode
 
 PREFIX = "/api/v1"
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ErrorOut(msgspec.Struct, kw_only=True):
@@ -78,6 +80,14 @@ def decode_body(kind: type[T], raw: bytes) -> T:
         raise ApiError(422, "validation_error", str(exc), field or None) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
+
+
+def apply_patch(row: Any, patch: msgspec.Struct) -> None:
+    """Set on ``row`` every field the PATCH body gave (the others are UNSET)."""
+    for name in patch.__struct_fields__:
+        value = getattr(patch, name)
+        if value is not msgspec.UNSET:
+            setattr(row, name, value)
 
 
 def path_id(c: Caller, what: str) -> uuid.UUID:
@@ -270,3 +280,16 @@ def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
     }
+
+
+async def owned_row(
+    s: AsyncSession,
+    c: Caller,
+    what: str,
+    lookup: Callable[[AsyncSession, uuid.UUID, uuid.UUID], Awaitable[R | None]],
+) -> R:
+    """The caller's row named by the ``{what}_id`` path parameter; else 404."""
+    row = await lookup(s, c.user_id, path_id(c, what))
+    if row is None:
+        raise not_found(what)
+    return row

@@ -139,6 +139,15 @@ async def add_tool(
     return dict(response.json())
 
 
+async def with_tool(server: RunningServer, backend: Backend, name: str, **extra: Any) -> str:
+    """A new user whose first assistant has the backend's tool ``name``."""
+    user = new_user()
+    async with api(server, user) as http:
+        aid = (await first_assistant(http))["id"]
+        await add_tool(http, aid, name, backend.url(name), **extra)
+    return user
+
+
 async def device(url: str, user: str, cid: uuid.UUID | None = None) -> Client:
     client = await Client.connect(url)
     await client.hello(user)
@@ -319,10 +328,7 @@ async def test_a_url_outside_the_allowlist_is_refused_when_saved_and_when_called
 async def test_cancel_stops_a_turn_waiting_on_a_tool(
     tool_server: RunningServer, backend: Backend
 ) -> None:
-    user = new_user()
-    async with api(tool_server, user) as http:
-        aid = (await first_assistant(http))["id"]
-        await add_tool(http, aid, "slow", backend.url("slow"), timeout_ms=20_000)
+    user = await with_tool(tool_server, backend, "slow", timeout_ms=20_000)
     client = await device(tool_server.ws, user)
     cid = await client.create()
     text = "wait " + calling("slow", day="monday")
@@ -457,10 +463,7 @@ async def test_tool_events_cross_replicas_and_a_killed_replica_does_not_call_twi
 async def test_the_python_client_keeps_a_replys_tool_calls(
     tool_server: RunningServer, backend: Backend
 ) -> None:
-    user = new_user()
-    async with api(tool_server, user) as http:
-        aid = (await first_assistant(http))["id"]
-        await add_tool(http, aid, "echo", backend.url("echo"))
+    user = await with_tool(tool_server, backend, "echo")
     client = ChatClient(tool_server.ws, user)
     await client.connect()
     info = await client.create("tools")
@@ -482,10 +485,7 @@ async def test_the_python_client_keeps_a_replys_tool_calls(
 async def test_more_parallel_calls_than_allowed_are_refused_not_sent(
     tool_server: RunningServer, backend: Backend
 ) -> None:
-    user = new_user()
-    async with api(tool_server, user) as http:
-        aid = (await first_assistant(http))["id"]
-        await add_tool(http, aid, "echo", backend.url("echo"))
+    user = await with_tool(tool_server, backend, "echo")
     client = await device(tool_server.ws, user)
     cid = await client.create()
     before = len(backend.of("echo"))

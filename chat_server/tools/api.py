@@ -13,7 +13,15 @@ from starlette.responses import Response
 
 from chat_server import tools
 from chat_server.api_schema import ToolIn, ToolOut, ToolPatch
-from chat_server.rest import ApiError, Caller, Endpoint, decode_body, not_found, path_id, respond
+from chat_server.rest import (
+    ApiError,
+    Caller,
+    Endpoint,
+    apply_patch,
+    decode_body,
+    owned_row,
+    respond,
+)
 from chat_server.storage import queries
 from chat_server.storage.models import Tool
 
@@ -58,18 +66,14 @@ async def _check(s: AsyncSession, c: Caller, tool: Tool) -> None:
 
 async def list_tools(c: Caller) -> Response:
     async with c.db() as s:
-        assistant = await queries.get_assistant(s, c.user_id, path_id(c, "assistant"))
-        if assistant is None:
-            raise not_found("assistant")
+        assistant = await owned_row(s, c, "assistant", queries.get_assistant)
         return respond([_out(t) for t in await queries.tools_of(s, assistant.id)])
 
 
 async def create_tool(c: Caller) -> Response:
     body = decode_body(ToolIn, await c.request.body())
     async with c.db() as s:
-        assistant = await queries.get_assistant(s, c.user_id, path_id(c, "assistant"))
-        if assistant is None:
-            raise not_found("assistant")
+        assistant = await owned_row(s, c, "assistant", queries.get_assistant)
         tool = Tool(
             id=uuid.uuid4(),
             assistant_id=assistant.id,
@@ -85,10 +89,7 @@ async def create_tool(c: Caller) -> Response:
 
 
 async def _own_tool(s: AsyncSession, c: Caller) -> Tool:
-    tool = await queries.get_tool(s, c.user_id, path_id(c, "tool"))
-    if tool is None:
-        raise not_found("tool")
-    return tool
+    return await owned_row(s, c, "tool", queries.get_tool)
 
 
 async def get_tool(c: Caller) -> Response:
@@ -100,10 +101,7 @@ async def update_tool(c: Caller) -> Response:
     body = decode_body(ToolPatch, await c.request.body())
     async with c.db() as s:
         tool = await _own_tool(s, c)
-        for name in body.__struct_fields__:
-            value = getattr(body, name)
-            if value is not msgspec.UNSET:
-                setattr(tool, name, value)
+        apply_patch(tool, body)
         await _check(s, c, tool)
         await s.flush()
         return respond(_out(tool))
