@@ -19,6 +19,7 @@ import dataclasses
 import json
 import sys
 
+from chat_server.llm.simulator import GEMINI_CHUNK
 from load import bench_overhead, bench_tokens
 from load.peer_fanout import TARGETS, FanoutParams, run
 
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
         "  note: this server merges the deltas queued for a subscriber that lags, so its"
         " frames/sub can be far below the messages sent; the peers send every message."
     )
-    per_token: dict[int, bench_tokens.TokenResult] = {}
+    per_token: dict[int | str, bench_tokens.TokenResult] = {}
     for replicas in (1, 2):
         tokens = bench_tokens.TokenParams(replicas=replicas)
         per_token[replicas] = result = bench_tokens.run(tokens)
@@ -93,6 +94,22 @@ def main(argv: list[str]) -> int:
             print(f"  {label:48}   n/a (google-genai alone ~ this server here)")
         else:
             ratio(label, (peer - sdk) / (mine - sdk))
+    # Gemini streams tens of tokens per chunk, not one: the same turns, as it sends them.
+    shaped_params = bench_tokens.TokenParams(chunk=0)
+    per_token["gemini-shaped"] = shaped = bench_tokens.run(shaped_params)
+    low, high = GEMINI_CHUNK
+    print(
+        f"server CPU per streamed token, one process, Gemini-shaped chunks ({low}-{high}"
+        f" tokens each), otherwise as above:"
+    )
+    for line in shaped.lines():
+        print(f"  {line}")
+    mine, peer, _ = (shaped.per_token_us[t] for t in bench_tokens.TARGETS)
+    # Per token with the turn included: at tens of tokens a chunk the turn's own cost
+    # (routing, storage) is nearly all of it; the marginal slope is then within noise.
+    ratio("per token, turn incl., vs python-socketio, Gemini-shaped", peer / mine)
+    one = per_token[1].per_token_us["this server"]
+    ratio("per token, one-token chunks / Gemini-shaped", one / mine)
     overhead = bench_overhead.run()
     for line in overhead.lines():
         print(line)

@@ -25,6 +25,7 @@ import orjson
 import psutil
 import websockets
 
+from chat_server.llm.simulator import SimConfig, chunk_sizes
 from load import chat
 from load.client import sim
 from load.peer_fanout import _cpu, _peers, _redis
@@ -37,7 +38,7 @@ class TokenParams:
     conversations: int = 20
     devices: int = 2
     tokens: int = 100  # per reply (and 4x that), one reply per conversation
-    chunk: int = 1  # tokens per streamed chunk
+    chunk: int = 1  # tokens per streamed chunk; 0: Gemini-shaped (24-64, varying)
     tps: float = 400.0
     # > 1: each target runs this many processes sharing one Redis; a conversation's
     # devices are spread over them, so every token crosses Redis to reach some device.
@@ -172,7 +173,7 @@ def _measure(p: TokenParams) -> dict[str, float]:
                 _socketio_run(p, urls, [process for _, process in peers])
             )
         sdk_cpu, sdk_chunks = asyncio.run(_sdk_alone(p, sim_url))
-    expected = p.conversations * -(-p.tokens // p.chunk)
+    expected = p.conversations * len(chunk_sizes(SimConfig(chunk_tokens=p.chunk), p.tokens))
     if not ours_chunks == sio_chunks == sdk_chunks == expected:
         raise RuntimeError(f"chunks: {ours_chunks}, {sio_chunks}, {sdk_chunks} != {expected}")
     return dict(zip(TARGETS, (ours_cpu, sio_cpu, sdk_cpu), strict=True))

@@ -120,12 +120,13 @@ class SimConfig:
 GEMINI_CHUNK = (24, 64)  # tokens per streamed chunk, drawn per chunk (2.5 models: 32-64)
 
 
-def chunk_sizes(cfg: SimConfig, count: int, seed: str) -> list[int]:
-    """How many tokens each event carries: fixed, or Gemini-shaped (varying, the same
-    for the same prompt so runs repeat)."""
+def chunk_sizes(cfg: SimConfig, count: int) -> list[int]:
+    """How many tokens each event of a ``count``-token reply carries: fixed, or
+    Gemini-shaped (varying; the same for replies of the same length, so runs repeat and
+    benchmarks compare like with like)."""
     if cfg.chunk_tokens > 0:
         return [cfg.chunk_tokens] * -(-count // cfg.chunk_tokens)
-    draw = random.Random(zlib.crc32(seed.encode()))
+    draw = random.Random(count)
     sizes: list[int] = []
     while sum(sizes) < count:
         sizes.append(draw.randint(*GEMINI_CHUNK))
@@ -419,7 +420,7 @@ async def _stream(
     started = time.monotonic()
     sent = 0
     i = 0
-    for size in chunk_sizes(cfg, stop_at, "".join(tokens)):
+    for size in chunk_sizes(cfg, stop_at):
         if i >= stop_at:
             break
         # Pace against the start time so a slow consumer does not slow the clock: the
