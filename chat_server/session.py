@@ -23,6 +23,7 @@ from chat_server.outbox import Outbox
 from chat_server.presence import Device
 from chat_server.relay import LiveEvent, Relay
 from chat_server.runtime import Runtime
+from chat_server.storage import queries
 from chat_server.turns import TurnRequest
 from chat_server.voice import Voice
 from chat_server.wire import conversation_info, message_info
@@ -141,8 +142,10 @@ class Session:
                 await self._rt.turns.cancel(
                     message.conversation_id, message.turn_id, message.heard_chars
                 )
-            case History() | Switch():
+            case History():
                 await self._history(message)
+            case Switch():
+                await self._switch(message)
             case Leave():
                 await self._leave(message.conversation_id)
                 self.reply(Left(id=message.id, conversation_id=message.conversation_id))
@@ -235,33 +238,42 @@ class Session:
     async def _publish_live(self, event: LiveEvent) -> None:
         await self._rt.hub.publish(event, exclude=self.id)
 
-    async def _history(self, message: History | Switch) -> None:
-        """A page of the branch shown: asked for, or the answer to a switch (which every
-        device of the conversation hears of as a ``conversation`` event)."""
+    async def _history(self, message: History) -> None:
         async with self._rt.db.begin() as s:
-            if isinstance(message, Switch):
-                switched = await conversations.switch(
-                    s, self._owner, message.conversation_id, message.message_id, message.alternative
-                )
             rows, has_more = await conversations.history(
                 s,
                 self._owner,
                 message.conversation_id,
-                before_seq=None if isinstance(message, Switch) else message.before_seq,
+                before_seq=message.before_seq,
                 limit=message.limit,
             )
-        if isinstance(message, Switch):
-            info = conversation_info(switched)
-            await self._rt.hub.publish(
-                ConversationUpdated(conversation_id=info.id, conversation=info)
+        self._page(message.id, message.conversation_id, rows, has_more)
+
+    async def _switch(self, message: Switch) -> None:
+        """Show another branch: answered with a page of it, and every device of the
+        conversation hears of it as a ``conversation`` event."""
+        async with self._rt.db.begin() as s:
+            switched = await conversations.switch(
+                s, self._owner, message.conversation_id, message.message_id, message.alternative
             )
+            rows, has_more = await queries.branch_page(
+                s, switched, before_seq=None, limit=message.limit
+            )
+        info = conversation_info(switched)
+        await self._rt.hub.publish(ConversationUpdated(conversation_id=info.id, conversation=info))
+        self._page(message.id, message.conversation_id, rows, has_more)
+
+    def _page(
+        self,
+        request_id: str | None,
+        conversation_id: uuid.UUID,
+        rows: list[queries.Placed],
+        has_more: bool,
+    ) -> None:
         page = [message_info(*r) for r in rows]
         self.reply(
             HistoryPage(
-                id=message.id,
-                conversation_id=message.conversation_id,
-                messages=page,
-                has_more=has_more,
+                id=request_id, conversation_id=conversation_id, messages=page, has_more=has_more
             )
         )
 

@@ -240,6 +240,7 @@ class Generation:
             history = chat_turns(rows)
         history = router.fit_history(history, settings.history_tokens)
         spent = Usage()
+        offered = self.tools.declarations()
         for round_ in range(settings.tool_rounds + 1):
             request = LLMRequest(
                 model=self.start.model,
@@ -248,7 +249,7 @@ class Generation:
                 max_output_tokens=settings.max_output_tokens,
                 thinking_budget=self.start.route.thinking_budget,
                 include_thoughts=True,  # thought events; only asking devices get them
-                tools=self.tools.declarations(),
+                tools=offered,
             )
             said = len(self.text)
             finish, spent, calls = await self._stream(request, spent)
@@ -259,7 +260,7 @@ class Generation:
                     ErrorCode.LLM_UNAVAILABLE,
                     f"the model still called tools after {settings.tool_rounds} rounds",
                 )
-            calls = self.tools.named(calls, self.turn_id)
+            calls = self.tools.named(calls)
             await self._drain()  # the text before the calls goes out first
             outcomes = await self.tools.run(calls, len(self.text))
             if self.tools.handoff is not None:
@@ -429,9 +430,7 @@ class Generation:
 
     async def _finish(self, finish: FinishReason, usage: Usage, error: ErrorInfo | None) -> None:
         self.state = GenerationState.FINISHING
-        if self._flusher is not None:  # every delta goes out before the turn_end
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._flusher)
+        await self._drain()  # every delta goes out before the turn_end
         text = self.text
         if finish is FinishReason.INTERRUPTED and self._heard_chars is not None:
             text = text[: self._heard_chars]

@@ -27,10 +27,17 @@ from chat_server.storage.models import Message as MessageRow
 from chat_server.turns import quota
 from chat_server.turns.generation import Context, Generation
 from chat_server.turns.history import chat_turns
-from chat_server.turns.toolbox import equip
+from chat_server.turns.toolbox import Kit, equip
 from chat_server.wire import conversation_info, message_info, route_info, to_builtins
 from protocol.errors import ErrorCode
-from protocol.messages import Ack, AssistantRef, ConversationUpdated, MessageInfo, TurnStart
+from protocol.messages import (
+    Ack,
+    AssistantRef,
+    ConversationUpdated,
+    MessageInfo,
+    RouteInfo,
+    TurnStart,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,16 +188,6 @@ class Intake:
         regenerating = request.regenerate is not None
         acked = reply if regenerating else user
         ack = Ack(id=request.client_id, message_id=acked.id, seq=acked.seq)
-        start = TurnStart(
-            conversation_id=conversation_id,
-            seq=reply.seq,
-            turn_id=reply.id,
-            reply_to=user.id,
-            assistant=AssistantRef(id=decision.assistant.id, name=decision.assistant.name),
-            model=decision.model,
-            route=route,
-            alternatives=stored.reply_place[1],
-        )
         history = None
         if (
             prepared is not None
@@ -198,14 +195,15 @@ class Intake:
             and prepared.leaf_id == user.parent_id
         ):
             history = [*prepared.history, ChatTurn("user", text)]
-        generation = Generation(
-            self._context,
-            start,
-            system_prompt=decision.assistant.system_prompt,
-            history=history,
-            token_budget=budget,
-            tools=kit.toolbox(self._context, start, visited=()),
+        generation = self._generation(
+            reply,
+            decision,
+            route,
+            alternatives=stored.reply_place[1],
+            budget=budget,
+            kit=kit,
             owner_id=request.owner_id,
+            history=history,
         )
         announce = None if regenerating else message_info(user, *stored.user_place)
         return Stored(ack, user, generation, announce)
@@ -220,10 +218,9 @@ class Intake:
         cid, user_id = previous.conversation_id, previous.start.reply_to
         async with self._db.begin() as s:
             user = await conversations.user_turn(s, cid, user_id)
-            try:
-                budget = await self._within_limits(s, owner_id)
-            except ChatError:
-                budget = 0  # the quota is spent: the reply ends at once with "quota"
+            # The handed-over turn was admitted already: no concurrency check (its reply
+            # slot passes on), only the quota it may still spend (spent: it ends "quota").
+            budget = await self._tokens_left(s, owner_id)
             conversation, decision = await self._decide(
                 s, owner_id, cid, user.text, None, handoff.assistant_id
             )
@@ -247,7 +244,6 @@ class Intake:
             conversation.default_assistant_id = decision.assistant.id
             kit = await equip(s, owner_id, decision.assistant.id)
         assert stored.reply is not None
-        reply = stored.reply
         await self._context.hub.publish(
             ConversationUpdated(conversation_id=cid, conversation=conversation_info(conversation))
         )
@@ -262,24 +258,50 @@ class Intake:
             )
         except Exception:
             log.warning("learning from the handoff of turn %s failed", user.id, exc_info=True)
+        return self._generation(
+            stored.reply,
+            decision,
+            route,
+            budget=budget,
+            kit=kit,
+            owner_id=owner_id,
+            visited=previous.visited,
+        )
+
+    def _generation(
+        self,
+        reply: MessageRow,
+        decision: router.Decision,
+        route: RouteInfo,
+        *,
+        budget: int | None,
+        kit: Kit,
+        owner_id: uuid.UUID,
+        alternatives: int = 1,
+        visited: tuple[uuid.UUID, ...] = (),
+        history: list[ChatTurn] | None = None,
+    ) -> Generation:
+        """The generation of a stored reply placeholder, announced by its turn_start."""
+        assert reply.reply_to is not None
         start = TurnStart(
-            conversation_id=cid,
+            conversation_id=reply.conversation_id,
             seq=reply.seq,
             turn_id=reply.id,
-            reply_to=user.id,
+            reply_to=reply.reply_to,
             assistant=AssistantRef(id=decision.assistant.id, name=decision.assistant.name),
             model=decision.model,
             route=route,
+            alternatives=alternatives,
         )
         return Generation(
             self._context,
             start,
             system_prompt=decision.assistant.system_prompt,
-            history=None,
+            history=history,
             token_budget=budget,
-            tools=kit.toolbox(self._context, start, visited=previous.visited),
+            tools=kit.toolbox(self._context, start, visited=visited),
             owner_id=owner_id,
-            visited=previous.visited,
+            visited=visited,
         )
 
     def _check_text(self, text: str) -> None:
@@ -313,7 +335,12 @@ class Intake:
                 " wait for one to end",
                 retry_after_ms=1000,
             )
-        return None if today.quota is None else today.quota - today.used
+        return today.left
+
+    async def _tokens_left(self, s: AsyncSession, owner_id: uuid.UUID) -> int | None:
+        if not self._settings.limits:
+            return None
+        return (await quota.today(s, owner_id, self._settings.daily_token_quota)).left
 
     async def _decide(
         self,

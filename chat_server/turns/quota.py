@@ -23,6 +23,11 @@ class Today:
     def used(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    @property
+    def left(self) -> int | None:
+        """Tokens the owner may still spend today (None: no quota)."""
+        return None if self.quota is None else self.quota - self.used
+
 
 async def today(s: AsyncSession, owner_id: uuid.UUID, setting: int) -> Today:
     """The owner's tokens of today and their quota: their override, else ``setting``

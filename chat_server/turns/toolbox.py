@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chat_server import tools
@@ -94,12 +95,12 @@ class ToolBox:
             offered.append(tools.handoff_declaration(sorted(self._teammates)))
         return offered
 
-    def named(self, calls: Sequence[FunctionCall], turn_id: uuid.UUID) -> list[FunctionCall]:
+    def named(self, calls: Sequence[FunctionCall]) -> list[FunctionCall]:
         """The calls with an id each (Gemini may leave it out), unique in the reply."""
         out = []
         for call in calls:
             self._named += 1
-            name = call.id or f"{turn_id.hex[:8]}-{self._named}"
+            name = call.id or f"{self._turn_id.hex[:8]}-{self._named}"
             out.append(FunctionCall(name, call.name, call.args))
         return out
 
@@ -132,7 +133,7 @@ class ToolBox:
         return list(
             await asyncio.gather(
                 *(
-                    self._one(call) if n < MAX_PARALLEL else self._settled(call, refused)
+                    self._one(call) if n < MAX_PARALLEL else self._settle(call, refused)
                     for n, call in enumerate(calls)
                 )
             )
@@ -156,25 +157,14 @@ class ToolBox:
         else:
             context = {"conversation_id": str(self._conversation_id), "turn_id": str(self._turn_id)}
             outcome = await self._webhooks.call(tool, call, context)
-        return await self._settled(call, outcome)
+        return await self._settle(call, outcome)
 
-    async def _settled(self, call: FunctionCall, outcome: Outcome) -> Outcome:
-        await self._settle(call, outcome)
-        return outcome
-
-    async def _settle(self, call: FunctionCall, outcome: Outcome) -> None:
-        info = self._open.pop(call.id)
+    async def _settle(self, call: FunctionCall, outcome: Outcome) -> Outcome:
+        """Record a call's outcome and announce it; returns it."""
         error = _error(outcome)
+        called = self._open.pop(call.id)
         self.log.append(
-            ToolCallInfo(
-                call_id=info.call_id,
-                name=info.name,
-                arguments=info.arguments,
-                offset=info.offset,
-                ok=outcome.ok,
-                result=outcome.result,
-                error=error,
-            )
+            msgspec.structs.replace(called, ok=outcome.ok, result=outcome.result, error=error)
         )
         await self._hub.publish(
             ToolResult(
@@ -187,22 +177,14 @@ class ToolBox:
                 error=error,
             )
         )
+        return outcome
 
     def record(self) -> list[ToolCallInfo]:
         """Every call for the stored reply; one still open (the reply was cancelled or
         failed while it ran) is recorded as cancelled."""
         cancelled = ErrorInfo(code="tool_cancelled", message="the reply ended first")
-        open_ = [
-            ToolCallInfo(
-                call_id=i.call_id,
-                name=i.name,
-                arguments=i.arguments,
-                offset=i.offset,
-                error=cancelled,
-            )
-            for i in self._open.values()
-        ]
-        return [*self.log, *open_]
+        still_open = (msgspec.structs.replace(c, error=cancelled) for c in self._open.values())
+        return [*self.log, *still_open]
 
 
 def _error(outcome: Outcome) -> ErrorInfo | None:
