@@ -371,3 +371,43 @@ async def test_regenerate_edit_and_switch_work_across_replicas(
     assert len(await stored(db, cid)) == 5
     for client in (on_a, on_b, moved):
         await client.close()
+
+
+async def test_the_model_sees_every_turn_when_replicas_take_turns_about(
+    replicas: Callable[..., list[Replica]],
+    sim_requests: Callable[[], list[dict[str, Any]]],
+) -> None:
+    """A replica keeps the window of the reply it finished last, so its next turn reads
+    nothing. A turn in between on another replica, or a switch, must not be missed."""
+    a, b = replicas(2)
+    user = new_user()
+    on_a = await device(a.ws, user)
+    cid = await on_a.create()
+    on_b = await device(b.ws, user, cid)
+    _, one = await turn(on_a, cid, "one")
+    _, two = await turn(on_a, cid, "two")  # A's window after "one"
+    assert said(sim_requests()[-1]) == [
+        ("user", "one"),
+        ("model", one.message.text),
+        ("user", "two"),
+    ]
+    _, three = await turn(on_b, cid, "three")  # B reads the branch
+    four, _ = await turn(on_a, cid, "four")  # A's window ends at "two": it must read "three"
+    assert said(sim_requests()[-1]) == [
+        ("user", "one"),
+        ("model", one.message.text),
+        ("user", "two"),
+        ("model", two.message.text),
+        ("user", "three"),
+        ("model", three.message.text),
+        ("user", "four"),
+    ]
+    # An edit of "four" on A branches above A's window: the model must not see "four".
+    await turn(on_a, cid, "four, shorter", edit_of=four.message_id)
+    assert said(sim_requests()[-1])[-3:] == [
+        ("user", "three"),
+        ("model", three.message.text),
+        ("user", "four, shorter"),
+    ]
+    for client in (on_a, on_b):
+        await client.close()

@@ -11,6 +11,7 @@ _HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _HANGUL = re.compile(r"[\uac00-\ud7af]")
 _LATIN = re.compile(r"[A-Za-z]")
 _WORDS = re.compile(r"[A-Za-z0-9']+")
+_WIDE = re.compile(r"[^\x00-\u2fff]")  # CJK and the like: about a token each
 
 # Kinds of task, by cue words in English and Japanese (lower-cased, NFKC).
 _KINDS: dict[str, tuple[str, ...]] = {
@@ -127,7 +128,7 @@ class Analysis:
 def estimate_tokens(text: str) -> int:
     """Rough model tokens: ~1.3 per English word, ~1 per CJK character."""
     words = len(_WORDS.findall(text))
-    wide = sum(1 for ch in text if ord(ch) > 0x2FFF)
+    wide = len(_WIDE.findall(text))
     return max(1, round(words * 1.3 + wide))
 
 

@@ -33,6 +33,7 @@ from chat_server.router.embedding import Embedder
 from chat_server.tools import Webhooks, parse_allowlist
 from chat_server.turns.final import Finals
 from chat_server.turns.generation import Context, Generation
+from chat_server.turns.history import Windows
 from chat_server.turns.intake import Intake, Prepared, Stored, TurnRequest
 from chat_server.turns.liveness import Liveness
 from protocol.errors import ErrorCode
@@ -63,7 +64,9 @@ class Turns:
         self.metrics = metrics = metrics or hub.metrics or Metrics(settings.node_id)
         self.embedder = embedder
         self._running: dict[uuid.UUID, Generation] = {}
-        finals = Finals(db=db, hub=hub, inflight=inflight)
+        finals = Finals(
+            db=db, hub=hub, inflight=inflight, windows=Windows(settings.history_messages)
+        )
         self.webhooks = Webhooks(parse_allowlist(settings.tool_url_allowlist))
         context = Context(
             db=db,

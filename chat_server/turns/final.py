@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from chat_server.hub import Hub
 from chat_server.inflight import Inflight
 from chat_server.storage import queries
+from chat_server.storage.models import Message as MessageRow
+from chat_server.turns.history import Windows
 from chat_server.wire import message_info, to_builtins
 from protocol.messages import (
     ErrorInfo,
@@ -40,11 +42,17 @@ STATUS = {
 
 class Finals:
     def __init__(
-        self, *, db: async_sessionmaker[AsyncSession], hub: Hub, inflight: Inflight
+        self,
+        *,
+        db: async_sessionmaker[AsyncSession],
+        hub: Hub,
+        inflight: Inflight,
+        windows: Windows | None = None,
     ) -> None:
         self._db = db
         self._hub = hub
         self._inflight = inflight
+        self.windows = windows or Windows(0)
 
     async def store_end(
         self,
@@ -57,8 +65,13 @@ class Finals:
         tools: list[ToolCallInfo] | None = None,
         *,
         swept: bool = False,
+        window: list[MessageRow] | None = None,
     ) -> bool:
         """Write the final reply, announce it, forget it. True if this write won.
+
+        ``window``: the stored messages the model read for this reply; with the reply's
+        row they are the next turn's window, kept before devices hear of the end (a
+        device may send its next turn at once).
 
         The first writer wins, except that the generating replica's own write replaces
         a sweeper's with less text (a sweeper that judged a live reply dead): a stored
@@ -73,6 +86,9 @@ class Finals:
         status = STATUS.get(finish, MessageStatus.ERROR)
         placed = await self._write(turn_id, text, status, meta, usage, swept=swept)
         if placed is not None:  # else already finished elsewhere; its turn_end went out then
+            if window is not None:
+                row = placed[0]
+                self.windows.keep(conversation_id, turn_id, [*window, row] if row.text else window)
             await self._hub.publish(
                 TurnEnd(
                     conversation_id=conversation_id,

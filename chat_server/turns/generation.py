@@ -34,6 +34,7 @@ from chat_server.llm import (
 )
 from chat_server.metrics import Metrics
 from chat_server.storage import queries
+from chat_server.storage.models import Message as MessageRow
 from chat_server.tools import Webhooks
 from chat_server.turns import quota
 from chat_server.turns.final import Finals
@@ -92,6 +93,7 @@ class Generation:
         *,
         system_prompt: str,
         history: list[ChatTurn] | None,
+        window: list[MessageRow] | None = None,
         token_budget: int | None = None,
         tools: ToolBox | None = None,
         owner_id: uuid.UUID | None = None,
@@ -101,7 +103,8 @@ class Generation:
         self._ctx = ctx
         self.start = start
         self._system_prompt = system_prompt
-        self._history = history  # prepared ahead; else loaded when generating
+        self._history = history  # prepared ahead; else made from the window
+        self._window = window  # the stored messages the model reads; else read when needed
         self.tools = tools or ToolBox(
             hub=ctx.hub, webhooks=None, conversation_id=start.conversation_id, turn_id=start.turn_id
         )
@@ -230,14 +233,15 @@ class Generation:
         ctx, settings = self._ctx, self._ctx.settings
         history = self._history
         if history is None:
-            async with ctx.db.begin() as s:
-                rows = await queries.context_window(  # the branch up to its user turn
-                    s,
-                    self.conversation_id,
-                    tip=self.start.reply_to,
-                    limit=settings.history_messages,
-                )
-            history = chat_turns(rows)
+            if self._window is None:
+                async with ctx.db.begin() as s:
+                    self._window = await queries.context_window(  # the branch up to its turn
+                        s,
+                        self.conversation_id,
+                        tip=self.start.reply_to,
+                        limit=settings.history_messages,
+                    )
+            history = chat_turns(self._window)
         history = router.fit_history(history, settings.history_tokens)
         spent = Usage()
         offered = self.tools.declarations()
@@ -435,7 +439,14 @@ class Generation:
         if finish is FinishReason.INTERRUPTED and self._heard_chars is not None:
             text = text[: self._heard_chars]
         await self._ctx.finals.store_end(
-            self.conversation_id, self.turn_id, text, finish, usage, error, self.tools.record()
+            self.conversation_id,
+            self.turn_id,
+            text,
+            finish,
+            usage,
+            error,
+            self.tools.record(),
+            window=self._window,
         )
 
     def _log(self, finish: FinishReason, usage: Usage, error: ErrorInfo | None) -> None:

@@ -188,13 +188,15 @@ class Intake:
         regenerating = request.regenerate is not None
         acked = reply if regenerating else user
         ack = Ack(id=request.client_id, message_id=acked.id, seq=acked.seq)
-        history = None
+        history, window = None, None
         if (
             prepared is not None
             and prepared.last_seq == user.seq - 1
             and prepared.leaf_id == user.parent_id
         ):
             history = [*prepared.history, ChatTurn("user", text)]
+        elif not regenerating:
+            window = self._context.finals.windows.after(conversation_id, user)
         generation = self._generation(
             reply,
             decision,
@@ -204,6 +206,7 @@ class Intake:
             kit=kit,
             owner_id=request.owner_id,
             history=history,
+            window=window,
         )
         announce = None if regenerating else message_info(user, *stored.user_place)
         return Stored(ack, user, generation, announce)
@@ -280,6 +283,7 @@ class Intake:
         alternatives: int = 1,
         visited: tuple[uuid.UUID, ...] = (),
         history: list[ChatTurn] | None = None,
+        window: list[MessageRow] | None = None,
     ) -> Generation:
         """The generation of a stored reply placeholder, announced by its turn_start."""
         assert reply.reply_to is not None
@@ -298,6 +302,7 @@ class Intake:
             start,
             system_prompt=decision.assistant.system_prompt,
             history=history,
+            window=window,
             token_budget=budget,
             tools=kit.toolbox(self._context, start, visited=visited),
             owner_id=owner_id,
