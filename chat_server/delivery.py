@@ -85,11 +85,13 @@ class Delivery:
         then the live events that arrived meanwhile, each exactly once. The caller
         subscribed before this reads anything, so nothing falls in between."""
         limit, conversation_id = self._replay_limit, feed.conversation_id
+        after = join.after_seq
         async with self._db.begin() as s:
             conversation = await conversations.owned(s, owner_id, conversation_id)
+            # A device that missed nothing (the usual reconnect) costs no second query.
             rows = (
-                await queries.messages_after(s, conversation_id, join.after_seq, limit + 1)
-                if join.after_seq is not None
+                await queries.messages_after(s, conversation_id, after, limit + 1)
+                if after is not None and after < conversation.last_seq
                 else []
             )
         # Everything that can fail is read before ``joined`` goes out: a device told it
