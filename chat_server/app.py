@@ -182,6 +182,12 @@ def create_app(settings: Settings) -> Starlette:
             background = [
                 asyncio.create_task(turns.run(), name="turns-liveness"),
                 asyncio.create_task(_refresh_presence(runtime), name="presence-refresh"),
+                asyncio.create_task(
+                    runtime.drain.sweep_idle(
+                        settings.hello_timeout_s, 2 * settings.heartbeat_ms / 1000
+                    ),
+                    name="idle-sweep",
+                ),
             ]
             try:
                 yield

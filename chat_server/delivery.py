@@ -59,8 +59,10 @@ class Delivery:
         self.speech: Speech | None = None  # with hello.options.speech_chunks
         self.thoughts = False  # with hello.options.thoughts: thought events are sent
         self.smooth: Smoother | None = None  # with hello.options.smooth_streaming
-        self._repairing: set[uuid.UUID] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Made on first use: most connections never repair, and an empty set is 216 bytes
+        # of every idle connection.
+        self._repairing: set[uuid.UUID] | None = None
+        self._tasks: set[asyncio.Task[None]] | None = None
 
     def configure(self, options: SessionOptions, emit: Callable[[Event], None]) -> None:
         """The filters ``hello.options`` asked for: speech chunks (which win over smooth
@@ -138,8 +140,9 @@ class Delivery:
         if feed is None:
             return
         accepted = feed.accept(event)
-        if accepted.repair is not None and accepted.repair not in self._repairing:
+        if accepted.repair is not None and accepted.repair not in (self._repairing or ()):
             self._metrics.gap_repairs_c.inc()
+            self._repairing = self._repairing or set()
             self._repairing.add(accepted.repair)
             self._spawn(self._repair(feed.conversation_id, accepted.repair))
         for out in accepted.events:
@@ -176,7 +179,7 @@ class Delivery:
             self._spawn(self._resync(conversation_id))
 
     def close(self) -> None:
-        for task in list(self._tasks):
+        for task in list(self._tasks or ()):
             task.cancel()
         if self.speech is not None:
             self.speech.close()
@@ -226,14 +229,17 @@ class Delivery:
             else:  # finished meanwhile: its final text is in Postgres
                 await self._resync(conversation_id)
         finally:
-            self._repairing.discard(turn_id)
+            if self._repairing is not None:
+                self._repairing.discard(turn_id)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
+        self._tasks = self._tasks or set()
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        if self._tasks is not None:
+            self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("repair failed: %r", task.exception())

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -89,9 +90,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     runtime.drain.add(session)
     metrics = runtime.metrics
     metrics.connections_open.inc()
-    writer = asyncio.create_task(session.run_writer(), name=f"writer-{session.id}")
     try:
-        await _receive_loop(websocket, session, writer, settings, runtime.drain)
+        await _receive_loop(websocket, session, settings, runtime.drain)
     except Disconnect as exc:
         session.request_close(exc.close_code, exc.reason, flush=True)
     except WebSocketDisconnect:
@@ -101,8 +101,8 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         session.request_close(CloseCode.NORMAL, "", flush=True)  # no-op if already closing
         # The writer closes the socket; a client that stopped reading cannot hold us.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(writer, timeout=5)
-        writer.cancel()
+            await asyncio.wait_for(session.writer.wait_closed(), timeout=5)
+        session.writer.abort()
         runtime.drain.remove(session)
         metrics.connections_open.dec()
         code = session.close_code or CloseCode.NORMAL.value
@@ -112,27 +112,21 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 async def _receive_loop(
     websocket: WebSocket,
     session: Session,
-    writer: asyncio.Task[None],
     settings: Settings,
     drain: Drain,
 ) -> None:
-    idle_s = 2 * settings.heartbeat_ms / 1000
     rate = FrameRate(settings.frames_per_second if settings.limits else None)
     drain.awaiting_hello += 1  # until its hello is handled (or it goes)
     pending = True
     try:
-        while not writer.done():
+        while not session.writer.closed:
             waiting_hello = session.state is SessionState.AWAITING_HELLO
             if pending and not waiting_hello:
                 drain.awaiting_hello -= 1
                 pending = False
-            try:
-                async with asyncio.timeout(settings.hello_timeout_s if waiting_hello else idle_s):
-                    message = await websocket.receive()
-            except TimeoutError:
-                if waiting_hello:
-                    raise Disconnect(CloseCode.HELLO_TIMEOUT, "no hello in time") from None
-                raise Disconnect(CloseCode.IDLE_TIMEOUT, "no frame for two heartbeats") from None
+            # No timer here: Drain.sweep_idle closes a connection silent for too long.
+            message = await websocket.receive()
+            session.last_frame_at = time.monotonic()
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("text")
