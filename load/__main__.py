@@ -2,7 +2,7 @@
 replicas) or servers this command starts and stops itself (``--spawn``, with
 ``--replicas N`` sharing an embedded Redis).
 
-Scenarios: chat, fanout, voice, reconnect, idle, abuse, capacity (``python -m load
+Scenarios: chat, fanout, voice, reconnect, idle, abuse, capacity, storm (``python -m load
 SCENARIO -h`` lists each one's parameters). ``--procs N`` spreads the simulated clients over N load
 processes. Every run is bounded in count and in time (``--duration-s``) and stops by
 itself. Prints a table; ``--json FILE`` writes the report, ``--plot FILE.png`` plots

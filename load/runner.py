@@ -31,7 +31,7 @@ import psutil
 from load.client import failure
 from load.report import Report
 
-SCENARIOS = ("chat", "fanout", "voice", "reconnect", "idle", "abuse", "capacity")
+SCENARIOS = ("chat", "fanout", "voice", "reconnect", "idle", "abuse", "capacity", "storm")
 
 
 def scenario_module(name: str) -> Any:

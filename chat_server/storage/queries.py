@@ -14,7 +14,10 @@ from typing import Any
 
 from sqlalchemy import (
     Date,
+    Integer,
+    Text,
     and_,
+    bindparam,
     delete,
     func,
     literal,
@@ -24,7 +27,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -173,46 +176,89 @@ class StoredTurn:
     reply_place: tuple[int, int] = (1, 1)
 
 
-async def _lock(
-    s: AsyncSession, conversation_id: uuid.UUID, client_id: str
-) -> tuple[uuid.UUID | None, Message | None]:
-    """Take the conversation's row lock; its active leaf, and the message already
-    stored under ``client_id`` (a resent send or regenerate), if any.
+@dataclass(frozen=True, slots=True)
+class _Locked:
+    leaf: uuid.UUID | None  # the active leaf
+    last_seq: int
+    existing: Message | None  # already stored under the client id (a resend)
+    below_leaf: int  # messages whose parent is the leaf (the roots when there is none)
+
+
+_LOCK = (
+    select(Conversation.leaf_id, Conversation.last_seq)
+    .where(Conversation.id == bindparam("conversation_id"))
+    .with_for_update()
+)
+
+
+def _check_statement() -> Any:
+    """The message already stored under a client id, if any, and how many messages
+    hang below a leaf (the roots for none): one row, whatever is found."""
+    below = aliased(Message)
+    leaf = bindparam("leaf", type_=Message.id.type)
+    children = (
+        select(func.count())
+        .select_from(below)
+        .where(
+            below.conversation_id == bindparam("conversation_id"),
+            or_(below.parent_id == leaf, and_(below.parent_id.is_(None), leaf.is_(None))),
+        )
+        .scalar_subquery()
+    )
+    found = (
+        select(Message)
+        .where(
+            Message.conversation_id == bindparam("conversation_id"),
+            Message.client_id == bindparam("client_id"),
+        )
+        .subquery()
+    )
+    one = select(literal(1).label("one")).subquery()  # a row even when nothing is found
+    return (
+        select(children, aliased(Message, found)).select_from(one).outerjoin(found, literal(True))
+    )
+
+
+_LOCK_CHECK = _check_statement()  # both built once, like _PLACE
+
+
+async def _lock(s: AsyncSession, conversation_id: uuid.UUID, client_id: str) -> _Locked:
+    """Take the conversation's row lock (its leaf and last seq), then read in one round
+    trip the message already stored under ``client_id`` (a resent send or regenerate),
+    if any, and how many messages hang below the leaf.
 
     The lock serialises every writer of this conversation, across replicas, so the
-    duplicate check, the leaf and the seq allocation cannot race."""
-    leaf = await s.scalar(
-        select(Conversation.leaf_id).where(Conversation.id == conversation_id).with_for_update()
-    )
-    existing = await s.scalar(
-        select(Message).where(
-            Message.conversation_id == conversation_id, Message.client_id == client_id
-        )
-    )
-    return leaf, existing
+    duplicate check, the counts and the seq allocation cannot race. The check is a
+    statement of its own, after the lock: in READ COMMITTED only a new statement sees
+    what the writer that held the lock before committed."""
+    leaf, last_seq = (await s.execute(_LOCK, {"conversation_id": conversation_id})).one()
+    values = {"conversation_id": conversation_id, "client_id": client_id, "leaf": leaf}
+    below, existing = (await s.execute(_LOCK_CHECK, values)).one()
+    return _Locked(leaf, last_seq, existing, below)
 
 
-async def _append(s: AsyncSession, conversation_id: uuid.UUID, rows: list[Message]) -> list[Placed]:
-    """Store ``rows`` (parents set, seqs not) as the next seqs; the last one becomes the
-    active leaf. Returns them placed among their siblings."""
-    last_seq = await s.scalar(
+async def _append(
+    s: AsyncSession, conversation_id: uuid.UUID, last_seq: int, rows: list[Message]
+) -> None:
+    """Store ``rows`` (parents set, seqs not) as the next seqs after ``last_seq`` (read
+    under the lock); the last one becomes the active leaf."""
+    await s.execute(
         update(Conversation)
         .where(Conversation.id == conversation_id)
-        .values(
-            last_seq=Conversation.last_seq + len(rows), leaf_id=rows[-1].id, updated_at=func.now()
-        )
-        .returning(Conversation.last_seq)
+        .values(last_seq=last_seq + len(rows), leaf_id=rows[-1].id, updated_at=func.now())
     )
-    assert last_seq is not None
-    for n, row in enumerate(rows):
-        row.seq = last_seq - len(rows) + 1 + n
-        s.add(row)
+    for n, row in enumerate(rows, start=1):
+        row.seq = last_seq + n
+    s.add_all(rows)
     await s.flush()
+
+
+async def _places(s: AsyncSession, rows: list[Message]) -> list[Placed]:
+    """``rows`` placed among their siblings (read back after they were stored)."""
     ids = [row.id for row in rows]
-    placed = _placed(
+    return _placed(
         await s.execute(select(Message, *_PLACE).where(Message.id.in_(ids)).order_by(Message.seq))
     )
-    return placed
 
 
 async def store_turn(
@@ -229,10 +275,10 @@ async def store_turn(
     the active leaf, or with ``edit_of`` (a user turn of this conversation) as a new
     alternative of it: a branch from its parent. A resent ``client_id`` returns the
     original message and stores nothing."""
-    leaf, existing = await _lock(s, conversation_id, client_id)
-    if existing is not None:
-        return StoredTurn(existing, None, duplicate=True)
-    parent = edit_of.parent_id if edit_of is not None else leaf
+    locked = await _lock(s, conversation_id, client_id)
+    if locked.existing is not None:
+        return StoredTurn(locked.existing, None, duplicate=True)
+    parent = edit_of.parent_id if edit_of is not None else locked.leaf
     user_message = Message(
         id=uuid.uuid4(),
         conversation_id=conversation_id,
@@ -244,7 +290,11 @@ async def store_turn(
         meta={},
     )
     reply = _placeholder(conversation_id, user_message.id, assistant_id, reply_meta, None)
-    user, placed = await _append(s, conversation_id, [user_message, reply])
+    await _append(s, conversation_id, locked.last_seq, [user_message, reply])
+    if edit_of is None:  # after the leaf: the newest of what hung below it; its reply, alone
+        n = locked.below_leaf + 1
+        return StoredTurn(user_message, reply, False, (n, n), (1, 1))
+    user, placed = await _places(s, [user_message, reply])
     return StoredTurn(user[0], placed[0], False, user[1:], placed[1:])
 
 
@@ -263,13 +313,14 @@ async def store_regeneration(
     a resent regenerate return the first one and store nothing. ``after``: the reply
     this one follows instead (a handoff: the teammate answers after the one who handed
     over), so it is not an alternative."""
-    _, existing = await _lock(s, conversation_id, client_id)
-    if existing is not None:
-        return StoredTurn(existing, None, duplicate=True)
+    locked = await _lock(s, conversation_id, client_id)
+    if locked.existing is not None:
+        return StoredTurn(locked.existing, None, duplicate=True)
     reply = _placeholder(conversation_id, user_message.id, assistant_id, reply_meta, client_id)
     if after is not None:
         reply.parent_id = after
-    (placed,) = await _append(s, conversation_id, [reply])
+    await _append(s, conversation_id, locked.last_seq, [reply])
+    (placed,) = await _places(s, [reply])
     return StoredTurn(user_message, placed[0], False, reply_place=placed[1:])
 
 
@@ -315,56 +366,86 @@ async def finish_reply(
     status: str,
     meta: dict[str, Any],
     swept: bool = False,
+    usage: tuple[int, int] = (0, 0),
 ) -> Placed | None:
     """Write a reply's final text once. None if it was already finished (by anyone).
 
     ``swept``: a sweeper ends the reply of a replica presumed dead, and ``meta`` records
     it. The generating replica's own write (not ``swept``) also replaces such an ending
-    when its text is longer: a stored reply is never shorter than what was shown."""
-    finishable = Message.status == "streaming"
-    if not swept:
-        finishable = or_(
-            finishable,
-            and_(
-                Message.meta["swept"].as_boolean().is_(True),
-                func.char_length(Message.text) < len(text),
-            ),
-        )
+    when its text is longer: a stored reply is never shorter than what was shown.
+
+    ``usage`` (input, output tokens) is added to the conversation owner's usage of today
+    (UTC) by the same statement, and only if this write won: counted once, and one round
+    trip for both."""
     meta = {**meta, "swept": swept}
-    rows = await s.execute(
-        update(Message)
-        .where(Message.id == message_id, finishable)
-        .values(text=text, status=status, meta=Message.meta.op("||")(meta), updated_at=func.now())
-        .returning(Message, *_PLACE)
-    )
-    placed = _placed(rows)
+    if swept or not any(usage):  # a sweeper's ending counts no usage
+        finishable = Message.status == "streaming"
+        if not swept:
+            finishable = or_(
+                finishable,
+                and_(
+                    Message.meta["swept"].as_boolean().is_(True),
+                    func.char_length(Message.text) < len(text),
+                ),
+            )
+        write = (
+            update(Message)
+            .where(Message.id == message_id, finishable)
+            .values(
+                text=text, status=status, meta=Message.meta.op("||")(meta), updated_at=func.now()
+            )
+        )
+        placed = _placed(await s.execute(write.returning(Message, *_PLACE)))
+        return placed[0] if placed else None
+    values = {"message_id": message_id, "text": text, "status": status, "meta": meta}
+    values |= {"input_tokens": usage[0], "output_tokens": usage[1]}
+    placed = _placed(await s.execute(_FINISH_COUNTED, values))
     return placed[0] if placed else None
 
 
-async def add_usage(
-    s: AsyncSession, message_id: uuid.UUID, input_tokens: int, output_tokens: int
-) -> None:
-    """Add a reply's tokens to its conversation owner's usage of today (UTC), in the
-    caller's transaction: the one that writes the reply's final text."""
-    owner = (
-        select(Conversation.owner_id)
-        .join(Message, Message.conversation_id == Conversation.id)
-        .where(Message.id == message_id)
-        .scalar_subquery()
+def _finish_counted() -> Any:
+    """finish_reply's write (not swept) with the usage added, as one statement: the
+    update as a CTE, the usage upsert fed by it (no row written, nothing counted), and
+    the written row placed among its siblings."""
+    finishable = or_(
+        Message.status == "streaming",
+        and_(
+            Message.meta["swept"].as_boolean().is_(True),
+            func.char_length(Message.text) < func.char_length(bindparam("text", type_=Text)),
+        ),
+    )
+    written = (
+        update(Message)
+        .where(Message.id == bindparam("message_id"), finishable)
+        .values(
+            text=bindparam("text", type_=Text),
+            status=bindparam("status"),
+            meta=Message.meta.op("||")(bindparam("meta", type_=JSONB)),
+            updated_at=func.now(),
+        )
+        .returning(*Message.__table__.c)
+        .cte("written")
     )
     today = func.timezone("UTC", func.now()).cast(Date)
-    upsert = insert(UsageDaily).values(
-        user_id=owner, day=today, input_tokens=input_tokens, output_tokens=output_tokens
+    tokens = bindparam("input_tokens", type_=Integer), bindparam("output_tokens", type_=Integer)
+    counted = insert(UsageDaily).from_select(
+        ["user_id", "day", "input_tokens", "output_tokens"],
+        select(Conversation.owner_id, today, *tokens).join(
+            written, written.c.conversation_id == Conversation.id
+        ),
     )
-    await s.execute(
-        upsert.on_conflict_do_update(
-            index_elements=[UsageDaily.user_id, UsageDaily.day],
-            set_={
-                "input_tokens": UsageDaily.input_tokens + upsert.excluded.input_tokens,
-                "output_tokens": UsageDaily.output_tokens + upsert.excluded.output_tokens,
-            },
-        )
+    counted = counted.on_conflict_do_update(
+        index_elements=[UsageDaily.user_id, UsageDaily.day],
+        set_={
+            "input_tokens": UsageDaily.input_tokens + counted.excluded.input_tokens,
+            "output_tokens": UsageDaily.output_tokens + counted.excluded.output_tokens,
+        },
     )
+    row = aliased(Message, written)
+    return select(row, *_place(row)).add_cte(counted.cte("counted"))
+
+
+_FINISH_COUNTED = _finish_counted()
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,12 +122,9 @@ class Finals:
         while True:
             try:
                 async with self._db.begin() as s:
-                    row = await queries.finish_reply(
-                        s, turn_id, text=text, status=status, meta=meta, swept=swept
+                    return await queries.finish_reply(
+                        s, turn_id, text=text, status=status, meta=meta, swept=swept, usage=spent
                     )
-                    if row is not None and any(spent):
-                        await queries.add_usage(s, turn_id, *spent)
-                    return row
             except Exception as exc:  # Postgres away or restarting: keep trying
                 if time.monotonic() - warned_at > 30:
                     warned_at = time.monotonic()
