@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server import router
 from chat_server.errors import ChatError
@@ -23,8 +23,22 @@ async def owned(s: AsyncSession, owner_id: uuid.UUID, conversation_id: uuid.UUID
     """The caller's conversation; else not_found."""
     conversation = await queries.get_conversation(s, owner_id, conversation_id)
     if conversation is None:
-        raise ChatError(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
+        raise _missing(conversation_id)
     return conversation
+
+
+async def owned_now(
+    db: async_sessionmaker[AsyncSession], owner_id: uuid.UUID, conversation_id: uuid.UUID
+) -> Conversation:
+    """``owned`` outside a transaction, in one round trip (a join's read)."""
+    conversation = await queries.owned_conversation(db, owner_id, conversation_id)
+    if conversation is None:
+        raise _missing(conversation_id)
+    return conversation
+
+
+def _missing(conversation_id: uuid.UUID) -> ChatError:
+    return ChatError(ErrorCode.NOT_FOUND, f"conversation {conversation_id} not found")
 
 
 async def create(

@@ -88,14 +88,11 @@ class Delivery:
         subscribed before this reads anything, so nothing falls in between."""
         limit, conversation_id = self._replay_limit, feed.conversation_id
         after = join.after_seq
-        async with self._db.begin() as s:
-            conversation = await conversations.owned(s, owner_id, conversation_id)
-            # A device that missed nothing (the usual reconnect) costs no second query.
-            rows = (
-                await queries.messages_after(s, conversation_id, after, limit + 1)
-                if after is not None and after < conversation.last_seq
-                else []
-            )
+        conversation = await conversations.owned_now(self._db, owner_id, conversation_id)
+        rows: list[queries.Placed] = []
+        if after is not None and after < conversation.last_seq:  # else nothing was missed
+            async with self._db.begin() as s:
+                rows = await queries.messages_after(s, conversation_id, after, limit + 1)
         # Everything that can fail is read before ``joined`` goes out: a device told it
         # joined must be joined.
         running = await self.running(conversation_id)

@@ -28,7 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from chat_server.storage.models import (
@@ -134,6 +134,28 @@ async def get_conversation(
             Conversation.id == conversation_id, Conversation.owner_id == owner_id
         )
     )
+
+
+_OWNED_CONVERSATION = (
+    "SELECT id, owner_id, title, default_assistant_id, last_seq, leaf_id, created_at,"
+    " updated_at FROM conversations WHERE id = $1 AND owner_id = $2"
+)
+
+
+async def owned_conversation(
+    db: async_sessionmaker[AsyncSession], owner_id: uuid.UUID, conversation_id: uuid.UUID
+) -> Conversation | None:
+    """The caller's conversation, read on the driver itself: one round trip, no
+    transaction, asyncpg's cached prepared statement. Every join and reconnect reads it;
+    through the ORM session (BEGIN, the query, COMMIT, the unit of work) the same read
+    cost ~2 ms of CPU, most of a returning device's join. The row is detached."""
+    engine = db.kw["bind"]
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        record = await raw.driver_connection.fetchrow(
+            _OWNED_CONVERSATION, conversation_id, owner_id
+        )
+    return Conversation(**dict(record)) if record is not None else None
 
 
 # A message with its place among its alternatives (siblings: the same parent), as
