@@ -32,6 +32,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+import websockets
+
 from load.client import ProtocolClient, count_lost, join, open_session, sim, stamps
 from load.report import Report, percentile
 from load.runner import Shard, run_clients
@@ -51,6 +54,10 @@ class Params:
     first_ms: float = 50.0
     chunk_ms: float = 20.0
     seed: int = 1
+    # "server", or "socketio": the python-socketio relay (load/peers/socketio_relay.py)
+    # through the same ramp; it acks a turn at once and relays the model's chunks to
+    # the room, and stores, routes, sequences and resumes nothing.
+    target: str = "server"
     duration_s: float = 1800.0  # hard bound for the whole run
 
 
@@ -76,6 +83,13 @@ class _Device:
         self.first: asyncio.Queue[float] = asyncio.Queue()  # server lag of a first delta, ms
         self.texts: dict[uuid.UUID, str] = {}
 
+    async def send(self, cid: uuid.UUID | None, send_id: str, text: str) -> None:
+        assert cid is not None
+        await self.client.send(Send(id=send_id, conversation_id=cid, text=text))
+
+    async def close(self) -> None:
+        await self.client.close()
+
     async def receive(self) -> None:
         while True:
             frame = await self.client.recv(timeout=3600)
@@ -98,24 +112,98 @@ class _Device:
                 self.acks.put_nowait(frame)
 
 
+class _SioDevice:
+    """The same device on the socket.io relay: its room is the conversation; a turn is a
+    ``chat`` event with an ack id (acked at once), chunks come as ``d``, the end as ``e``."""
+
+    def __init__(self, ws: websockets.ClientConnection, report: Report, people: int) -> None:
+        self.ws = ws
+        self.report = report
+        self.people = people
+        self.acks: asyncio.Queue[bool] = asyncio.Queue()
+        self.ends: asyncio.Queue[bool] = asyncio.Queue()
+        self.first: asyncio.Queue[float] = asyncio.Queue()
+        self.text = ""
+        self.room = ""
+
+    @classmethod
+    async def connect(cls, url: str, room: str, report: Report, people: int) -> _SioDevice:
+        ws = await websockets.connect(url, compression=None, max_queue=None, open_timeout=30)
+        await ws.recv()  # engine.io open
+        await ws.send("40")
+        while not str(await ws.recv()).startswith("40"):
+            pass
+        await ws.send("420" + orjson.dumps(["join", room]).decode())
+        while not str(await ws.recv()).startswith("430"):  # joined (acked)
+            pass
+        device = cls(ws, report, people)
+        device.room = room
+        return device
+
+    async def send(self, cid: uuid.UUID | None, send_id: str, text: str) -> None:
+        await self.ws.send(
+            "421" + orjson.dumps(["chat", {"room": self.room, "text": text}]).decode()
+        )
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+    async def receive(self) -> None:
+        async for message in self.ws:
+            frame = str(message)
+            now = time.time()
+            if frame == "2":
+                await self.ws.send("3")
+            elif frame.startswith('42["d"'):
+                text = orjson.loads(frame[2:])[1]
+                emitted = stamps(text)
+                if not self.text and emitted:
+                    self.first.put_nowait((now - emitted[0]) * 1000)
+                self.text += text
+                for at in emitted:
+                    self.report.add(metric(self.people, "chunk emit → device"), (now - at) * 1000)
+            elif frame.startswith('42["e"'):
+                self.text = ""
+                self.ends.put_nowait(True)
+            elif frame.startswith("431"):
+                self.acks.put_nowait(True)
+
+
+async def _devices(
+    ctx: Shard, people: int, index: int, count: int
+) -> tuple[list[_Device] | list[_SioDevice], uuid.UUID | None]:
+    """A person's devices, connected and joined to their conversation (or room)."""
+    urls, report, user = ctx.urls, ctx.report, f"cap-{ctx.setup['run']}-{people}-{index}"
+    if ctx.params.target == "socketio":
+        room = f"{user}-room"
+        sio = [
+            await _SioDevice.connect(urls[(index + d) % len(urls)], room, report, people)
+            for d in range(count)
+        ]
+        return sio, None
+    devices: list[_Device] = []
+    cid: uuid.UUID | None = None
+    for d in range(count):
+        client = await open_session(urls[(index + d) % len(urls)], user)
+        joined = await join(
+            client,
+            Join(create={}) if cid is None else Join(conversation_id=cid),  # type: ignore[arg-type]
+        )
+        cid = joined.conversation.id
+        devices.append(_Device(client, report, people))
+    return devices, cid
+
+
 async def person(ctx: Shard, people: int, index: int, deadline: float) -> None:
     p: Params = ctx.params
-    report, urls = ctx.report, ctx.urls
+    report = ctx.report
     draw = random.Random(p.seed * 1_000_003 + people * 1009 + index)
-    user = f"cap-{ctx.setup['run']}-{people}-{index}"
-    devices: list[_Device] = []
+    devices: list[_Device] | list[_SioDevice] = []
     readers: list[asyncio.Task[None]] = []
     acked: set[str] = set()
     cid: uuid.UUID | None = None
     try:
-        for d in range(draw.randint(1, max(1, p.max_devices))):
-            client = await open_session(urls[(index + d) % len(urls)], user)
-            joined = await join(
-                client,
-                Join(create={}) if cid is None else Join(conversation_id=cid),  # type: ignore[arg-type]
-            )
-            cid = joined.conversation.id
-            devices.append(_Device(client, report, people))
+        devices, cid = await _devices(ctx, people, index, draw.randint(1, max(1, p.max_devices)))
         readers = [asyncio.create_task(d.receive()) for d in devices]
         sender = devices[0]
         directive = sim(ttft_ms=p.ttft_ms, tps=p.tps, tokens=p.tokens, chunk=0)
@@ -125,10 +213,7 @@ async def person(ctx: Shard, people: int, index: int, deadline: float) -> None:
             await asyncio.sleep(pause)
             sent = time.perf_counter()
             send_id = f"{index}-{k}"
-            assert cid is not None
-            await sender.client.send(
-                Send(id=send_id, conversation_id=cid, text=f"turn {k} {directive}")
-            )
+            await sender.send(cid, send_id, f"turn {k} {directive}")
             answer = await sender.acks.get()
             if isinstance(answer, Error):
                 report.errors[answer.code] += 1
@@ -142,7 +227,7 @@ async def person(ctx: Shard, people: int, index: int, deadline: float) -> None:
                 await device.ends.get()
             k += 1
             pause = draw.expovariate(1 / p.think_s)
-        if cid is not None and acked:
+        if cid is not None and acked and isinstance(sender, _Device):  # the relay stores none
             for reader in readers:
                 reader.cancel()
             await asyncio.gather(*readers, return_exceptions=True)  # one reader at a time
@@ -151,7 +236,7 @@ async def person(ctx: Shard, people: int, index: int, deadline: float) -> None:
         for reader in readers:
             reader.cancel()
         for device in devices:
-            await device.client.close()
+            await device.close()
 
 
 async def run(ctx: Shard) -> None:
@@ -165,6 +250,8 @@ async def run(ctx: Shard) -> None:
         started = time.time()
         await run_clients(ctx, [person(ctx, people, i, deadline) for i in ctx.mine(people)])
         ctx.report.counts[f"step_s:{people}"] = int(time.time() - started)
+        if ctx.shards == 1 and not _step(ctx.report, p, people)["ok"]:
+            break  # the ramp found where the service level breaks (one load process)
 
 
 _PEOPLE = re.compile(r"^\s*(\d+) people: (.*)$")
@@ -177,29 +264,35 @@ def verdicts(report: Report, p: Params) -> list[dict[str, Any]]:
         match = _PEOPLE.match(name)
         if match:
             by_step.setdefault(int(match.group(1)), {})[match.group(2)] = values
-    rows = []
+    return [
+        _step(report, p, people, by_step.get(people, {}))
+        for people in steps(p)
+        if f"step_s:{people}" in report.counts  # a ramp stops at the first broken step
+    ]
+
+
+def _step(
+    report: Report, p: Params, people: int, got: dict[str, list[float]] | None = None
+) -> dict[str, Any]:
+    """One step's p99s and verdict (``got``: its samples by metric, else found here)."""
+    if got is None:
+        prefix = metric(people, "")
+        got = {k[len(prefix) :]: v for k, v in report.samples.items() if k.startswith(prefix)}
     lost = sum(v for k, v in report.counts.items() if k.startswith("lost"))
-    for people in steps(p):
-        got = by_step.get(people, {})
-        p99 = {name: percentile(values, 99) for name, values in got.items()}
-        ack = p99.get("send → ack", float("inf"))
-        first = p99.get("first delta after the model's", float("inf"))
-        chunk = p99.get("chunk emit → device", float("inf"))
-        ok = ack <= p.ack_ms and first <= p.first_ms and chunk <= p.chunk_ms
-        ok = ok and not lost and not report.errors
-        step_s = max(1, report.counts.get(f"step_s:{people}", int(p.step_s)))
-        turns = report.counts.get(f"turns:{people}", 0)
-        rows.append(
-            {
-                "people": people,
-                "turns_per_s": turns / step_s,
-                "ack_p99_ms": ack,
-                "first_p99_ms": first,
-                "chunk_p99_ms": chunk,
-                "ok": ok,
-            }
-        )
-    return rows
+    p99 = {name: percentile(values, 99) for name, values in got.items()}
+    ack = p99.get("send → ack", float("inf"))
+    first = p99.get("first delta after the model's", float("inf"))
+    chunk = p99.get("chunk emit → device", float("inf"))
+    ok = ack <= p.ack_ms and first <= p.first_ms and chunk <= p.chunk_ms
+    step_s = max(1, report.counts.get(f"step_s:{people}", int(p.step_s)))
+    return {
+        "people": people,
+        "turns_per_s": report.counts.get(f"turns:{people}", 0) / step_s,
+        "ack_p99_ms": ack,
+        "first_p99_ms": first,
+        "chunk_p99_ms": chunk,
+        "ok": ok and not lost and not report.errors,
+    }
 
 
 def finish(report: Report) -> None:

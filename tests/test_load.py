@@ -207,3 +207,59 @@ def test_capacity_scenario_ramps_and_judges_each_step(
             assert latency[f"{people:>5} people: {name}"]["n"] > 0
         assert derived[f"{people} people: ok"] == 1.0, "met the (here unbounded) level"
     assert derived["people_ok"] == 4
+
+
+def test_capacity_ramp_stops_at_the_first_step_that_breaks_the_service_level(
+    deployment: list[Spawned], tmp_path: Path
+) -> None:
+    report = run_cli(
+        deployment,
+        tmp_path,
+        *("capacity", "--ramp", "2,4,8", "--step-s", "3", "--think-s", "0.5"),
+        *("--tokens", "40", "--ttft-ms", "50", "--ack-ms", "0.001"),
+    )
+    assert report["derived"]["people_ok"] == 0
+    assert report["derived"]["2 people: ok"] == 0.0
+    assert "4 people: ok" not in report["derived"], "no step after the first broken one"
+
+
+def test_capacity_peer_runs_the_same_ramp_on_the_socketio_relay(tmp_path: Path) -> None:
+    from load import capacity, capacity_peer
+
+    params = capacity.Params(
+        ramp="2",
+        step_s=4,
+        think_s=0.5,
+        tokens=40,
+        ttft_ms=50,
+        ack_ms=1e5,
+        first_ms=1e5,
+        chunk_ms=1e5,
+        duration_s=120,
+    )
+    reports = capacity_peer.run(params, replicas=1, procs=1)
+    for target in capacity_peer.TARGETS:
+        report = reports[target]
+        assert report.counts["turns:2"] >= 2, target
+        assert not report.errors, (target, report.errors)
+        (row,) = capacity.verdicts(report, params)
+        assert row["ok"], (target, row)
+        assert row["chunk_p99_ms"] < 1e5, (target, row)
+    assert reports["server"].counts.get("lost_turns", 0) == 0
+    plot = tmp_path / "ramp.png"
+    capacity_peer.plot(reports, params, plot)
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_storm_scenario_brings_every_returning_device_back(
+    deployment: list[Spawned], tmp_path: Path
+) -> None:
+    report = run_cli(
+        deployment, tmp_path, *("storm", "--devices", "24", "--spread-s", "0.5", "--procs", "2")
+    )
+    counts = report["counts"]
+    assert counts["joined_before"] == counts["back"] == 24
+    assert counts.get("never_back", 0) == counts.get("closed_4002", 0) == 0
+    assert counts.get("not_resumed", 0) == 0
+    assert report["latency_ms"]["drop → joined"]["n"] == 24
+    assert report["derived"]["server_ms_per_back"] > 0

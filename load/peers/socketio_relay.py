@@ -11,6 +11,7 @@ a room; ``chat`` {room, text} streams a reply through google-genai's
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import socketio
@@ -39,19 +40,29 @@ def build(redis_url: str | None, gemini_url: str | None = None) -> Any:
 
         client = genai.Client(api_key="sim", http_options=types.HttpOptions(base_url=gemini_url))
 
-        @sio.on("join")  # type: ignore[untyped-decorator]
-        async def join(sid: str, room: str) -> None:
-            await sio.enter_room(sid, room)
+        streams: set[asyncio.Task[None]] = set()
 
-        @sio.on("chat")  # type: ignore[untyped-decorator]
-        async def chat(sid: str, data: dict[str, str]) -> None:
+        @sio.on("join")  # type: ignore[untyped-decorator]
+        async def join(sid: str, room: str) -> bool:
+            await sio.enter_room(sid, room)
+            return True  # the ack, for a client that asked for one
+
+        async def relay(room: str, text: str) -> None:
             stream = await client.aio.models.generate_content_stream(
-                model="gemini-2.5-flash", contents=data["text"]
+                model="gemini-2.5-flash", contents=text
             )
             async for chunk in stream:
                 if chunk.text:
-                    await sio.emit("d", chunk.text, room=data["room"])
-            await sio.emit("e", room=data["room"])
+                    await sio.emit("d", chunk.text, room=room)
+            await sio.emit("e", room=room)
+
+        @sio.on("chat")  # type: ignore[untyped-decorator]
+        async def chat(sid: str, data: dict[str, str]) -> bool:
+            # Acked at once (the capacity ramp's send -> ack); the reply streams on.
+            task = asyncio.create_task(relay(data["room"], data["text"]))
+            streams.add(task)
+            task.add_done_callback(streams.discard)
+            return True
 
     return socketio.ASGIApp(sio)
 
