@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import mimetypes
 from collections.abc import AsyncIterator
@@ -189,6 +190,13 @@ def create_app(settings: Settings) -> Starlette:
                     name="idle-sweep",
                 ),
             ]
+            # Everything loaded so far (libraries, the model, the wiring) lives as long as
+            # the process: out of the collector's sight, a full collection scans only what
+            # serving made. Measured: a full collection of the loaded server's ~155k
+            # objects took ~100 ms, a stall of every connection, longer than the whole
+            # service level of an ack.
+            gc.collect()
+            gc.freeze()
             try:
                 yield
             finally:

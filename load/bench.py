@@ -8,20 +8,31 @@ Then server CPU per streamed token, this server vs a python-socketio token relay
 streaming from the Gemini simulator through google-genai (load/bench_tokens.py), in one
 process each and in two replicas each (python-socketio with its AsyncRedisManager).
 Each target runs in its own processes, one after the other, with the same clients.
-Last, what metrics and limits cost: the same server with and without them, side by
-side (load/bench_overhead.py).
+Then what metrics and limits cost: the same server with and without them, side by
+side (load/bench_overhead.py). Then server CPU per turn and per returning device's
+reconnect, beside the python-socketio relay's per turn (load/bench_turns.py); memory
+per idle joined connection, by stage (``python -m load idle``); and the capacity ramp
+on this server and on the relay (load/capacity_peer.py).
+
+Every figure goes to one JSON file (``--json``; by default
+bench-results/bench-<UTC time>.json) so runs can be compared over time.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import sys
+from pathlib import Path
 
-from chat_server.llm.simulator import GEMINI_CHUNK
-from load import bench_overhead, bench_tokens
+from chat_server.llm.simulator import GEMINI_CHUNK, SimConfig, chunk_sizes
+from load import bench_overhead, bench_tokens, bench_turns, capacity, capacity_peer, idle
 from load.peer_fanout import TARGETS, FanoutParams, run
+from load.report import Report
+from load.runner import execute
+from load.spawn import spawned_deployment
 
 
 def main(argv: list[str]) -> int:
@@ -29,8 +40,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--json", type=Path, help="where the figures go (default: bench-results/)")
+    parser.add_argument("--idle-connections", type=int, default=2000)
+    parser.add_argument("--capacity-ramp", default="10,20,40,80,160,320")
+    parser.add_argument("--capacity-step-s", type=float, default=30.0)
     args = parser.parse_args(argv)
+    if args.json is None:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+        args.json = Path("bench-results") / f"bench-{stamp}.json"
     params = FanoutParams(subscribers=args.subscribers, messages=args.messages, size=args.size)
     results = {target: run(target, params) for target in TARGETS}
     two = dataclasses.replace(params, replicas=2)
@@ -108,24 +125,72 @@ def main(argv: list[str]) -> int:
     # Per token with the turn included: at tens of tokens a chunk the turn's own cost
     # (routing, storage) is nearly all of it; the marginal slope is then within noise.
     ratio("per token, turn incl., vs python-socketio, Gemini-shaped", peer / mine)
+    chunks = len(chunk_sizes(SimConfig(chunk_tokens=0), shaped_params.tokens))
+    per_chunk = {t: us * shaped_params.tokens / chunks for t, us in shaped.per_token_us.items()}
+    print(
+        f"  per Gemini-shaped chunk (~{shaped_params.tokens / chunks:.0f} tokens), turn incl.:"
+        f" this server {per_chunk['this server']:,.0f} µs,"
+        f" python-socketio relay {per_chunk['python-socketio relay']:,.0f} µs"
+    )
     one = per_token[1].per_token_us["this server"]
     ratio("per token, one-token chunks / Gemini-shaped", one / mine)
     overhead = bench_overhead.run()
     for line in overhead.lines():
         print(line)
-    if args.json:
-        with open(args.json, "w") as out:
-            everything = [*results.values(), *replicated.values()]
-            json.dump(
-                {
-                    "fanout": [vars(r) for r in everything],
-                    "per_token": {n: vars(r) for n, r in per_token.items()},
-                    "overhead": vars(overhead),
+    turns = bench_turns.run(bench_turns.TurnParams())
+    for line in turns.lines():
+        print(line)
+    ratio("CPU per turn, python-socketio relay / this server", turns.peer_turn_ms / turns.turn_ms)
+    idle_report = _idle(args.idle_connections)
+    print(f"memory per idle joined connection ({args.idle_connections} connections):")
+    for name, value in idle_report.derived.items():
+        print(f"  {name:78}{value:6.1f}")
+    ramp_params = capacity.Params(ramp=args.capacity_ramp, step_s=args.capacity_step_s)
+    ramps = capacity_peer.run(ramp_params, replicas=1, procs=1)
+    print("capacity ramp (load/capacity_peer.py), one replica:")
+    for line in capacity_peer.table(ramps, ramp_params):
+        print(f"  {line}")
+    ok = {t: ramps[t].derived.get("people_ok_per_replica", 0.0) for t in capacity_peer.TARGETS}
+    print(
+        f"  people within the service level: this server {ok['server']:g}, relay {ok['socketio']:g}"
+    )
+    plot = args.json.with_suffix(".png")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    capacity_peer.plot(ramps, ramp_params, plot)
+    everything = [*results.values(), *replicated.values()]
+    args.json.write_text(
+        json.dumps(
+            {
+                "fanout": [vars(r) for r in everything],
+                "per_token": {n: vars(r) for n, r in per_token.items()},
+                "per_chunk_gemini_shaped_us": per_chunk,
+                "overhead": vars(overhead),
+                "turns": bench_turns.as_json(turns),
+                "idle_kib_per_connection": idle_report.derived,
+                "capacity": {
+                    "ramp_params": dataclasses.asdict(ramp_params),
+                    "people_ok_per_replica": ok,
+                    "steps": {t: capacity.verdicts(r, ramp_params) for t, r in ramps.items()},
                 },
-                out,
-                indent=2,
-            )
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
+    print(f"every figure: {args.json}; the capacity plot: {plot}")
     return 0
+
+
+def _idle(connections: int) -> Report:
+    """``python -m load idle --spawn``: server memory per idle joined connection."""
+    with spawned_deployment(1, **idle.SERVER_ENV) as servers:
+        return execute(
+            "idle",
+            [servers[0].ws_url],
+            idle.Params(connections=connections),
+            procs=2,
+            pids=[servers[0].process.pid],
+        )
 
 
 if __name__ == "__main__":

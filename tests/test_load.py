@@ -263,3 +263,16 @@ def test_storm_scenario_brings_every_returning_device_back(
     assert counts.get("not_resumed", 0) == 0
     assert report["latency_ms"]["drop → joined"]["n"] == 24
     assert report["derived"]["server_ms_per_back"] > 0
+
+
+def test_bench_turns_measures_turns_and_reconnects_beside_the_relay() -> None:
+    from load import bench_turns
+
+    params = bench_turns.TurnParams(conversations=2, devices=2, turns=2, reconnects=1)
+    result = bench_turns.run(params)
+    assert result.turns == 4
+    assert result.reconnects == 4
+    # CPU is read in clock ticks (10 ms): a tiny run proves it ran, not how fast.
+    assert result.turn_ms > 0
+    assert result.peer_turn_ms > 0
+    assert result.turn_loop_ms <= result.turn_ms

@@ -7,6 +7,7 @@ that answers it; ``Turns.submit`` hands the ack over before it starts the genera
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -147,12 +148,24 @@ class Intake:
             or (prepared and prepared.conversation_id != conversation_id)
         ):
             prepared = None
-        vector = None if prepared or request.assistant_id else await self.embed_turn(text)
+        # The embedding (in its thread) overlaps the limits' round trips: the ack waits
+        # for the longer of the two, not for both.
+        embedding = (
+            None
+            if prepared or request.assistant_id
+            else asyncio.ensure_future(self.embed_turn(text))
+        )
         async with self._db.begin() as s:
-            budget = await self._within_limits(s, request.owner_id)
+            try:
+                budget = await self._within_limits(s, request.owner_id)
+            except BaseException:
+                if embedding is not None:
+                    embedding.cancel()
+                raise
             if prepared is not None:
                 decision = prepared.decision  # the session joined it: ownership is known
             else:
+                vector = await embedding if embedding is not None else None
                 _, decision = await self._decide(
                     s, request.owner_id, conversation_id, text, vector, request.assistant_id
                 )
