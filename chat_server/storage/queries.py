@@ -837,6 +837,26 @@ async def set_description_phrases(
     await s.flush()
 
 
+async def team_and_tools(
+    s: AsyncSession, owner_id: uuid.UUID, assistant_id: uuid.UUID
+) -> tuple[list[Assistant], list[Tool]]:
+    """The owner's assistants (``list_assistants``) and one assistant's tools
+    (``tools_of``), in one round trip: a turn needs both."""
+    rows = await s.execute(
+        select(Assistant, Tool)
+        .outerjoin(Tool, and_(Tool.assistant_id == Assistant.id, Tool.assistant_id == assistant_id))
+        .where(Assistant.owner_id == owner_id)
+        .order_by(Assistant.created_at, Assistant.id, Tool.created_at, Tool.id)
+    )
+    team: dict[uuid.UUID, Assistant] = {}
+    found: list[Tool] = []
+    for assistant, tool in rows:
+        team.setdefault(assistant.id, assistant)
+        if tool is not None:
+            found.append(tool)
+    return list(team.values()), found
+
+
 async def tools_of(s: AsyncSession, assistant_id: uuid.UUID) -> list[Tool]:
     return list(
         await s.scalars(

@@ -54,8 +54,8 @@ class Kit:
 
 
 async def equip(s: AsyncSession, owner_id: uuid.UUID, assistant_id: uuid.UUID) -> Kit:
-    rows = await queries.tools_of(s, assistant_id)
-    return Kit([tools.Tool.of(row) for row in rows], await queries.list_assistants(s, owner_id))
+    team, rows = await queries.team_and_tools(s, owner_id, assistant_id)
+    return Kit([tools.Tool.of(row) for row in rows], team)
 
 
 @dataclass(frozen=True, slots=True)
