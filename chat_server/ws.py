@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chat_server.config import Settings
 from chat_server.errors import CLOSES, ChatError
-from chat_server.limits import MemoryLimiter
+from chat_server.limits import refill
 from chat_server.runtime import Drain, Runtime
 from chat_server.session import Session, SessionState
 from chat_server.wire import error_frame, retry_after_header
@@ -167,16 +167,22 @@ class FrameRate:
     answered ``rate_limited`` and not handled; a client that keeps going for another
     burst's worth is closed with 4004 and told when to come back."""
 
+    __slots__ = ("_last_ms", "_per_s", "_refused", "_tokens")
+
     def __init__(self, per_s: int | None) -> None:
         self._per_s = per_s  # None: unlimited
-        self._bucket = MemoryLimiter()
+        # The bucket itself, two numbers (a MemoryLimiter per connection was two dicts).
+        self._tokens = 2.0 * per_s if per_s else 0.0
+        self._last_ms = time.monotonic() * 1000
         self._refused = 0  # frames refused in a row
 
     async def allows(self, session: Session) -> bool:
         per_s = self._per_s
         if per_s is None:
             return True
-        wait_ms = await self._bucket.take("frames", per_s, 2 * per_s)
+        now_ms = time.monotonic() * 1000
+        self._tokens, wait_ms = refill(self._tokens, self._last_ms, now_ms, per_s, 2 * per_s)
+        self._last_ms = now_ms
         if not wait_ms:
             self._refused = 0
             return True
