@@ -125,12 +125,13 @@ def main(argv: list[str]) -> int:
     # Per token with the turn included: at tens of tokens a chunk the turn's own cost
     # (routing, storage) is nearly all of it; the marginal slope is then within noise.
     ratio("per token, turn incl., vs python-socketio, Gemini-shaped", peer / mine)
-    chunks = len(chunk_sizes(SimConfig(chunk_tokens=0), shaped_params.tokens))
-    per_chunk = {t: us * shaped_params.tokens / chunks for t, us in shaped.per_token_us.items()}
+    # Per chunk: the marginal cost of a token times the tokens of an average chunk (the
+    # turn's own cost left out: per chunk "turn incl." would be the turn / 3 chunks).
+    size = shaped_params.tokens / len(chunk_sizes(SimConfig(chunk_tokens=0), shaped_params.tokens))
+    per_chunk = {t: us * size for t, us in shaped.marginal_us.items()}
     print(
-        f"  per Gemini-shaped chunk (~{shaped_params.tokens / chunks:.0f} tokens), turn incl.:"
-        f" this server {per_chunk['this server']:,.0f} µs,"
-        f" python-socketio relay {per_chunk['python-socketio relay']:,.0f} µs"
+        f"  per Gemini-shaped chunk (~{size:.0f} tokens), beyond the turn's own cost:"
+        + ", ".join(f" {t} {us:,.0f} µs" for t, us in per_chunk.items())
     )
     one = per_token[1].per_token_us["this server"]
     ratio("per token, one-token chunks / Gemini-shaped", one / mine)
