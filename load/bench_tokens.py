@@ -27,7 +27,7 @@ import websockets
 
 from chat_server.llm.simulator import SimConfig, chunk_sizes
 from load import chat
-from load.client import sim
+from load.client import sim, sio_join
 from load.peer_fanout import _cpu, _peers, _redis
 from load.runner import execute
 from load.spawn import spawned_deployment
@@ -88,15 +88,6 @@ def _ours(p: TokenParams, ws_urls: list[str], pids: list[int]) -> tuple[float, i
 async def _socketio_run(
     p: TokenParams, urls: list[str], processes: list[psutil.Process]
 ) -> tuple[float, int]:
-    async def device(room: str, d: int) -> websockets.ClientConnection:
-        ws = await websockets.connect(urls[d % len(urls)], compression=None, max_queue=None)
-        await ws.recv()  # engine.io open
-        await ws.send("40")
-        while not str(await ws.recv()).startswith("40"):
-            pass
-        await ws.send("42" + orjson.dumps(["join", room]).decode())
-        return ws
-
     async def receive(ws: websockets.ClientConnection) -> int:
         count = 0
         async for message in ws:
@@ -109,8 +100,10 @@ async def _socketio_run(
                 return count
         return count
 
-    rooms = [[await device(f"c{c}", d) for d in range(p.devices)] for c in range(p.conversations)]
-    await asyncio.sleep(0.5)  # joins are fire-and-forget in socket.io
+    rooms = [
+        [await sio_join(urls[d % len(urls)], f"c{c}") for d in range(p.devices)]
+        for c in range(p.conversations)
+    ]
     before = sum(_cpu(process) for process in processes)
     readers = [asyncio.create_task(receive(ws)) for room in rooms for ws in room]
     text = f"go {_directive(p)}"

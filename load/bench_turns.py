@@ -33,7 +33,7 @@ import orjson
 import psutil
 import websockets
 
-from load.client import ProtocolClient, join, open_session, sim
+from load.client import ProtocolClient, join, open_session, sim, sio_join
 from load.peer_fanout import _peers
 from load.spawn import spawned_server
 from protocol.messages import Ack, Error, Join, Send, TurnEnd
@@ -172,15 +172,6 @@ async def _ours(p: TurnParams, url: str, pid: int) -> tuple[float, float, float]
 async def _peer(p: TurnParams, url: str, process: psutil.Process) -> float:
     text = f"go {sim(ttft_ms=0, tps=p.tps, tokens=p.tokens, chunk=0)}"
 
-    async def device(room: str) -> websockets.ClientConnection:
-        ws = await websockets.connect(url, compression=None, max_queue=None)
-        await ws.recv()  # engine.io open
-        await ws.send("40")
-        while not str(await ws.recv()).startswith("40"):
-            pass
-        await ws.send("42" + orjson.dumps(["join", room]).decode())
-        return ws
-
     async def until_end(ws: websockets.ClientConnection) -> None:
         async for message in ws:
             if message == "2":
@@ -188,8 +179,9 @@ async def _peer(p: TurnParams, url: str, process: psutil.Process) -> float:
             elif str(message).startswith('42["e"'):
                 return
 
-    rooms = [[await device(f"c{c}") for _ in range(p.devices)] for c in range(p.conversations)]
-    await asyncio.sleep(0.5)  # joins are fire-and-forget in socket.io
+    rooms = [
+        [await sio_join(url, f"c{c}") for _ in range(p.devices)] for c in range(p.conversations)
+    ]
 
     async def turns(c: int, room: list[websockets.ClientConnection]) -> None:
         for _ in range(p.turns):

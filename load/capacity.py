@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 import websockets
 
-from load.client import ProtocolClient, count_lost, join, open_session, sim, stamps
+from load.client import ProtocolClient, count_lost, join, open_session, sim, sio_join, stamps
 from load.report import Report, percentile
 from load.runner import Shard, run_clients
 from protocol.messages import Ack, Delta, Error, Join, Send, TurnEnd
@@ -128,15 +128,7 @@ class _SioDevice:
 
     @classmethod
     async def connect(cls, url: str, room: str, report: Report, people: int) -> _SioDevice:
-        ws = await websockets.connect(url, compression=None, max_queue=None, open_timeout=30)
-        await ws.recv()  # engine.io open
-        await ws.send("40")
-        while not str(await ws.recv()).startswith("40"):
-            pass
-        await ws.send("420" + orjson.dumps(["join", room]).decode())
-        while not str(await ws.recv()).startswith("430"):  # joined (acked)
-            pass
-        device = cls(ws, report, people)
+        device = cls(await sio_join(url, room), report, people)
         device.room = room
         return device
 

@@ -131,3 +131,17 @@ def sim(*, ttft_ms: int, tps: float, tokens: int, chunk: int) -> str:
 def stamps(text: str) -> list[float]:
     """The simulator emit times (wall clock, seconds) inside a piece of reply text."""
     return [float(s) for s in STAMP.findall(text)]
+
+
+async def sio_join(url: str, room: str) -> websockets.ClientConnection:
+    """A device on the python-socketio relay (load/peers/socketio_relay.py): the
+    engine.io and socket.io handshakes, then ``join`` of ``room``, acked by the relay."""
+    ws = await websockets.connect(url, compression=None, max_queue=None, open_timeout=30)
+    await ws.recv()  # engine.io open
+    await ws.send("40")
+    while not str(await ws.recv()).startswith("40"):
+        pass
+    await ws.send("420" + orjson.dumps(["join", room]).decode())
+    while not str(await ws.recv()).startswith("430"):  # the join's ack
+        pass
+    return ws
