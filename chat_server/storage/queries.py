@@ -398,62 +398,58 @@ async def finish_reply(
 
     ``usage`` (input, output tokens) is added to the conversation owner's usage of today
     (UTC) by the same statement, and only if this write won: counted once, and one round
-    trip for both."""
-    meta = {**meta, "swept": swept}
-    if swept or not any(usage):  # a sweeper's ending counts no usage
-        finishable = Message.status == "streaming"
-        if not swept:
-            finishable = or_(
-                finishable,
-                and_(
-                    Message.meta["swept"].as_boolean().is_(True),
-                    func.char_length(Message.text) < len(text),
-                ),
-            )
-        write = (
-            update(Message)
-            .where(Message.id == message_id, finishable)
-            .values(
-                text=text, status=status, meta=Message.meta.op("||")(meta), updated_at=func.now()
-            )
-        )
-        placed = _placed(await s.execute(write.returning(Message, *_PLACE)))
-        return placed[0] if placed else None
-    values = {"message_id": message_id, "text": text, "status": status, "meta": meta}
-    values |= {"input_tokens": usage[0], "output_tokens": usage[1]}
-    placed = _placed(await s.execute(_FINISH_COUNTED, values))
+    trip for both. A sweeper's ending counts none."""
+    values = {"message_id": message_id, "text": text, "status": status}
+    values |= {"meta": {**meta, "swept": swept}}
+    if swept:
+        statement = _FINISH_SWEPT
+    elif any(usage):
+        statement = _FINISH_COUNTED
+        values |= {"input_tokens": usage[0], "output_tokens": usage[1]}
+    else:
+        statement = _FINISH
+    placed = _placed(await s.execute(statement, values))
     return placed[0] if placed else None
 
 
-def _finish_counted() -> Any:
-    """finish_reply's write (not swept) with the usage added, as one statement: the
-    update as a CTE, the usage upsert fed by it (no row written, nothing counted), and
-    the written row placed among its siblings."""
-    finishable = or_(
-        Message.status == "streaming",
-        and_(
-            Message.meta["swept"].as_boolean().is_(True),
-            func.char_length(Message.text) < func.char_length(bindparam("text", type_=Text)),
-        ),
-    )
-    written = (
-        update(Message)
-        .where(Message.id == bindparam("message_id"), finishable)
-        .values(
-            text=bindparam("text", type_=Text),
-            status=bindparam("status"),
-            meta=Message.meta.op("||")(bindparam("meta", type_=JSONB)),
-            updated_at=func.now(),
+def _finish_statements() -> tuple[Any, Any, Any]:
+    """finish_reply's three statements, built once with bind parameters: the write by
+    a sweeper, the generating replica's write, and that write with the usage added.
+    Each is the update as a CTE and the written row placed among its siblings; the
+    counted one also feeds the usage upsert from the CTE (no row written, nothing
+    counted)."""
+
+    def written(swept: bool) -> Any:
+        finishable = Message.status == "streaming"
+        if not swept:
+            longer = func.char_length(Message.text) < func.char_length(
+                bindparam("text", type_=Text)
+            )
+            finishable = or_(finishable, and_(Message.meta["swept"].as_boolean().is_(True), longer))
+        return (
+            update(Message)
+            .where(Message.id == bindparam("message_id"), finishable)
+            .values(
+                text=bindparam("text", type_=Text),
+                status=bindparam("status"),
+                meta=Message.meta.op("||")(bindparam("meta", type_=JSONB)),
+                updated_at=func.now(),
+            )
+            .returning(*Message.__table__.c)
+            .cte("written")
         )
-        .returning(*Message.__table__.c)
-        .cte("written")
-    )
+
+    def placed(cte: Any) -> Any:
+        row = aliased(Message, cte)
+        return select(row, *_place(row))
+
+    write = written(swept=False)
     today = func.timezone("UTC", func.now()).cast(Date)
     tokens = bindparam("input_tokens", type_=Integer), bindparam("output_tokens", type_=Integer)
     counted = insert(UsageDaily).from_select(
         ["user_id", "day", "input_tokens", "output_tokens"],
         select(Conversation.owner_id, today, *tokens).join(
-            written, written.c.conversation_id == Conversation.id
+            write, write.c.conversation_id == Conversation.id
         ),
     )
     counted = counted.on_conflict_do_update(
@@ -463,11 +459,14 @@ def _finish_counted() -> Any:
             "output_tokens": UsageDaily.output_tokens + counted.excluded.output_tokens,
         },
     )
-    row = aliased(Message, written)
-    return select(row, *_place(row)).add_cte(counted.cte("counted"))
+    return (
+        placed(written(swept=True)),
+        placed(write),
+        placed(write).add_cte(counted.cte("counted")),
+    )
 
 
-_FINISH_COUNTED = _finish_counted()
+_FINISH_SWEPT, _FINISH, _FINISH_COUNTED = _finish_statements()
 
 
 @dataclass(frozen=True, slots=True)
