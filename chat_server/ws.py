@@ -58,13 +58,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     wait_ms = await runtime.limiter.take(f"handshakes:{ip}", per_s, per_s * 10)
     if wait_ms:
         runtime.metrics.limit_hit("handshakes")
-        await websocket.send_denial_response(
-            JSONResponse(
-                {"error": "rate_limited", "retry_after_ms": wait_ms},
-                status_code=429,
-                headers={"Retry-After": retry_after_header(wait_ms)},
-            )
-        )
+        await _refuse(websocket, 429, "rate_limited", wait_ms)
         return
     if runtime.drain.draining:
         await websocket.send_denial_response(
@@ -76,14 +70,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         # (and time out as 4002, back into the storm). Refused before any work is done;
         # the jittered delay spreads the retries (the clients back off with jitter too).
         runtime.metrics.limit_hit("pending_hellos")
-        wait_ms = random.randint(1000, 3000)
-        await websocket.send_denial_response(
-            JSONResponse(
-                {"error": "over_capacity", "retry_after_ms": wait_ms},
-                status_code=503,
-                headers={"Retry-After": retry_after_header(wait_ms)},
-            )
-        )
+        await _refuse(websocket, 503, "over_capacity", random.randint(1000, 3000))
         return
     await websocket.accept()
     session = Session(runtime, _StarletteTransport(websocket))
@@ -107,6 +94,17 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         metrics.connections_open.dec()
         code = session.close_code or CloseCode.NORMAL.value
         metrics.connections_closed.labels(metrics.replica, str(code)).inc()
+
+
+async def _refuse(websocket: WebSocket, status: int, error: str, wait_ms: int) -> None:
+    """Answer the upgrade with HTTP ``status`` and when to try again (body and header)."""
+    await websocket.send_denial_response(
+        JSONResponse(
+            {"error": error, "retry_after_ms": wait_ms},
+            status_code=status,
+            headers={"Retry-After": retry_after_header(wait_ms)},
+        )
+    )
 
 
 async def _receive_loop(

@@ -420,9 +420,7 @@ async def _stream(
     started = time.monotonic()
     sent = 0
     i = 0
-    for size in chunk_sizes(cfg, stop_at):
-        if i >= stop_at:
-            break
+    for size in chunk_sizes(cfg, stop_at):  # they add up to stop_at or just past it
         # Pace against the start time so a slow consumer does not slow the clock: the
         # first chunk leaves at the time to first token, each next one when the tokens
         # before it would have been generated.
