@@ -35,7 +35,16 @@ from typing import Any
 import orjson
 import websockets
 
-from load.client import ProtocolClient, count_lost, join, open_session, sim, sio_join, stamps
+from load.client import (
+    ProtocolClient,
+    check_end,
+    count_lost,
+    join,
+    open_session,
+    sim,
+    sio_join,
+    stamps,
+)
 from load.report import Report, percentile
 from load.runner import Shard, run_clients
 from protocol.messages import Ack, Delta, Error, Join, Send, TurnEnd
@@ -103,10 +112,7 @@ class _Device:
                 for at in emitted:
                     self.report.add(metric(self.people, "chunk emit → device"), (now - at) * 1000)
             elif isinstance(frame, TurnEnd):
-                if frame.finish_reason != "stop":
-                    self.report.errors[f"finish:{frame.finish_reason}"] += 1
-                elif self.texts.get(frame.turn_id) != frame.message.text:
-                    self.report.counts["lost_reply_text"] += 1
+                check_end(self.report, frame, self.texts.get(frame.turn_id))
                 self.ends.put_nowait(frame)
             elif isinstance(frame, Ack | Error):
                 self.acks.put_nowait(frame)

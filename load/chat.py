@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient, count_lost, join, open_session, sim, stamps
+from load.client import ProtocolClient, check_end, count_lost, join, open_session, sim, stamps
 from load.report import Report
 from load.runner import Shard, run_clients
 from protocol.messages import (
@@ -85,10 +85,7 @@ class Device:
                 seen += 1
                 if not self.texts.get(frame.turn_id):
                     self.first_delta.put_nowait(None)
-                if frame.finish_reason != "stop":
-                    self.report.errors[f"finish:{frame.finish_reason}"] += 1
-                elif self.texts.get(frame.turn_id) != frame.message.text:
-                    self.report.counts["lost_reply_text"] += 1
+                check_end(self.report, frame, self.texts.get(frame.turn_id))
                 self.ended.put_nowait(frame)
             elif isinstance(frame, Ack | Error):
                 self.acks.put_nowait(frame)

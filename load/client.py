@@ -23,6 +23,7 @@ from protocol.messages import (
     Presence,
     ServerMessage,
     SessionOptions,
+    TurnEnd,
     Welcome,
 )
 
@@ -58,9 +59,11 @@ class ProtocolClient:
                     return message
                 self.presence.append(message)
 
-    async def say_hello(self, token: str, options: SessionOptions | None = None) -> ServerMessage:
+    async def say_hello(
+        self, token: str, options: SessionOptions | None = None, *, timeout: float = 10
+    ) -> ServerMessage:
         await self.send(Hello(token=token, options=options or SessionOptions()))
-        return await self.recv()
+        return await self.recv(timeout)
 
 
 class Refused(Exception):
@@ -72,10 +75,11 @@ class Refused(Exception):
 
 
 async def hello(
-    client: ProtocolClient, user: str, options: SessionOptions | None = None
+    client: ProtocolClient, user: str, options: SessionOptions | None = None, *, timeout: float = 10
 ) -> Welcome:
-    """Say hello on an open connection; ``Refused`` (and closed) unless welcomed."""
-    welcome = await client.say_hello(user, options)
+    """Say hello on an open connection; ``Refused`` (and closed) unless welcomed within
+    ``timeout`` seconds."""
+    welcome = await client.say_hello(user, options, timeout=timeout)
     if not isinstance(welcome, Welcome):
         await client.close()
         raise Refused(welcome.code if isinstance(welcome, Error) else type(welcome).__name__)
@@ -83,18 +87,24 @@ async def hello(
 
 
 async def open_session(
-    url: str, user: str, options: SessionOptions | None = None, **kwargs: Any
+    url: str,
+    user: str,
+    options: SessionOptions | None = None,
+    *,
+    timeout: float = 10,
+    **kwargs: Any,
 ) -> ProtocolClient:
-    """Connect and say hello; ``Refused`` unless the server welcomes the device."""
+    """Connect and say hello; ``Refused`` unless the server welcomes the device (within
+    ``timeout`` seconds of the hello)."""
     client = await ProtocolClient.connect(url, **kwargs)
-    await hello(client, user, options)
+    await hello(client, user, options, timeout=timeout)
     return client
 
 
-async def join(client: ProtocolClient, join: Join) -> Joined:
+async def join(client: ProtocolClient, join: Join, *, timeout: float = 10) -> Joined:
     """Send a join and return its ``joined`` (frames before it are not expected)."""
     await client.send(join)
-    joined = await client.recv()
+    joined = await client.recv(timeout)
     if not isinstance(joined, Joined):
         raise Refused(joined.code if isinstance(joined, Error) else type(joined).__name__)
     return joined
@@ -111,6 +121,16 @@ async def count_lost(
     stored = {m.client_id for m in page.messages if m.role == "user"}
     report.counts["acked_turns"] += len(acked)
     report.counts["lost_turns"] += len(acked - stored)
+
+
+def check_end(report: Report, end: TurnEnd, shown: str | None) -> None:
+    """A reply's end against the text a device was shown: a reply that did not stop is
+    an error (by its finish reason); one that did must be exactly its stored text, else
+    ``lost_reply_text``."""
+    if end.finish_reason != "stop":
+        report.errors[f"finish:{end.finish_reason}"] += 1
+    elif shown != end.message.text:
+        report.counts["lost_reply_text"] += 1
 
 
 def failure(exc: BaseException) -> str:

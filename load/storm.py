@@ -23,10 +23,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from load.client import ProtocolClient, Refused, failure, join, open_session
+from load.client import ProtocolClient, failure, join, open_session
 from load.report import Report
 from load.runner import Shard, _cpu
-from protocol.messages import ConversationCreate, Hello, Join, Joined, Welcome
+from protocol.messages import ConversationCreate, Join
 
 
 @dataclass(frozen=True)
@@ -74,17 +74,13 @@ class _Device:
                 # Like chat_client: 10 s for the WebSocket handshake, then as long as it
                 # takes for the welcome and joined (a client that gave up on a slow server
                 # and retried would only add to the storm).
-                client = await ProtocolClient.connect(self.url, open_timeout=10)
-                await client.send(Hello(token=self.user))
-                welcome = await client.recv(timeout=120)
-                if not isinstance(welcome, Welcome):
+                client = await open_session(self.url, self.user, timeout=120, open_timeout=10)
+                resume = Join(conversation_id=self.cid, after_seq=self.last_seq)
+                try:
+                    joined = await join(client, resume, timeout=120)
+                except BaseException:
                     await client.close()
-                    raise Refused(getattr(welcome, "code", type(welcome).__name__))
-                await client.send(Join(conversation_id=self.cid, after_seq=self.last_seq))
-                joined = await client.recv(timeout=120)
-                if not isinstance(joined, Joined):
-                    await client.close()
-                    raise Refused(getattr(joined, "code", type(joined).__name__))
+                    raise
             except Exception as exc:
                 code = failure(exc)
                 ctx.report.counts[f"refused:{code}"] += 1
