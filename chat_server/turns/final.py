@@ -47,12 +47,12 @@ class Finals:
         db: async_sessionmaker[AsyncSession],
         hub: Hub,
         inflight: Inflight,
-        windows: Windows | None = None,
+        windows: Windows,
     ) -> None:
         self._db = db
         self._hub = hub
         self._inflight = inflight
-        self.windows = windows or Windows(0)
+        self.windows = windows
 
     async def store_end(
         self,
