@@ -38,9 +38,10 @@ test("a reply streams in and equals the stored reply", async () => {
   const client = new ChatClient({ url: A, token });
   await client.connect();
   const conversation = await client.create("streams");
+  const ended = until(client, "turn_end");
   const ack = await client.send(conversation.id, `hello ${slow(20, 200)}`);
   assert.equal(ack.duplicate ?? false, false);
-  const end = await until(client, "turn_end");
+  const end = await ended;
   const reply = client.state.conversations[conversation.id].replies[end.turn_id];
   assert.equal(reply.done, true);
   assert.equal(reply.text, end.message.text);
@@ -55,9 +56,13 @@ test("a socket dropped mid-reply resumes with no repeated and no missing charact
   const client = new ChatClient({ url: A, token, backoffBaseMs: 50 });
   await client.connect();
   const conversation = await client.create("drop");
+  // Waits start before the send: an ack and a turn_start that arrive in one read are
+  // handled in one task, before the code after `await send` runs.
+  const started = until(client, "turn_start");
+  const streaming = until(client, "delta", (d) => d.offset > 0);
   await client.send(conversation.id, `long ${slow(80, 40)}`);
-  const start = await until(client, "turn_start");
-  await until(client, "delta", (d) => d.offset > 0);
+  const start = await started;
+  await streaming;
   const seen = [];
   client.on("delta", (d) => seen.push(d));
   client.ws.close(4000, "test drop"); // a real close mid-reply; 4000 means resume
@@ -201,9 +206,11 @@ test("go_away reconnects to the other replica and the reply continues exactly", 
   const client = new ChatClient({ url: [A, B], token, backoffBaseMs: 50 });
   await client.connect();
   const conversation = await client.create("go away");
+  const started = until(client, "turn_start");
+  const streaming = until(client, "delta");
   await client.send(conversation.id, `drain ${slow(60, 30)}`);
-  const start = await until(client, "turn_start");
-  await until(client, "delta");
+  const start = await started;
+  await streaming;
   const goAway = until(client, "go_away");
   process.kill(Number(process.env.CHAT_PID_A), "SIGTERM");
   await goAway;
