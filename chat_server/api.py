@@ -60,8 +60,8 @@ from chat_server.storage import queries
 from chat_server.storage.models import Assistant, Conversation, Skill, SkillExample
 from chat_server.tools import api as tools_api
 from chat_server.turns import quota
-from chat_server.wire import conversation_info, message_info
-from protocol.messages import MAX_SEQ, ConversationUpdated
+from chat_server.wire import conversation_updated, message_info
+from protocol.messages import MAX_SEQ
 
 R = TypeVar("R")
 CONVERSATIONS_LIMIT = rest.Query("limit", "page size", 1, 100, 20)
@@ -333,9 +333,8 @@ async def rename_conversation(c: Caller) -> Response:
         conversation.title = body.title
         await s.flush()
         await s.refresh(conversation)
-        out = _conversation_out(conversation)
-        info = conversation_info(conversation)
-    await c.runtime.hub.publish(ConversationUpdated(conversation_id=out.id, conversation=info))
+        out, updated = _conversation_out(conversation), conversation_updated(conversation)
+    await c.runtime.hub.publish(updated)
     return respond(out)
 
 
@@ -363,8 +362,8 @@ async def switch_branch(c: Caller) -> Response:
         conversation = await conversations.switch(
             s, c.user_id, path_id(c, "conversation"), body.message_id, body.alternative
         )
-        out, info = _conversation_out(conversation), conversation_info(conversation)
-    await c.runtime.hub.publish(ConversationUpdated(conversation_id=out.id, conversation=info))
+        out, updated = _conversation_out(conversation), conversation_updated(conversation)
+    await c.runtime.hub.publish(updated)
     return respond(out)
 
 

@@ -100,7 +100,7 @@ async def _refresh_presence(runtime: Runtime) -> None:
         entries = [
             (conversation_id, session.device)
             for session in sessions
-            for conversation_id in session.joined_conversations()
+            for conversation_id in session.joined.conversations()
         ]
         try:
             await runtime.presence.store.refresh(entries)

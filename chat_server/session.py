@@ -1,16 +1,17 @@
-"""One connection: hello, the dispatch of its frames, the I/O of a join, and the one
-task that writes to the socket.
+"""One connection: hello, the dispatch of its frames, and what it sends.
 
 What it receives from joined conversations goes through ``Delivery`` (the feeds, exactly
 once by seq and offset, and the repair of gaps), then the bounded ``Outbox`` (a client
-too far behind is closed with 4000, "slow consumer, resume"). Turns, voice, live relays
-and speech chunks are their own modules. It never touches Starlette: ``ws.py`` decodes
-frames, maps errors to frames or close codes, and hands it a ``Transport``.
+too far behind is closed with 4000, "slow consumer, resume"). Joining and leaving
+(``Membership``), turns, voice, live relays and speech chunks are their own modules.
+It never touches Starlette: ``ws.py`` decodes frames, maps errors to frames or close
+codes, and hands it a ``Transport``.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import time
 import uuid
@@ -20,21 +21,21 @@ import msgspec
 from chat_server import conversations
 from chat_server.delivery import Delivery
 from chat_server.hub import Event
+from chat_server.membership import Membership
 from chat_server.outbox import Outbox
 from chat_server.presence import Device
-from chat_server.relay import LiveEvent, Relay
+from chat_server.relay import Relay
 from chat_server.runtime import Runtime
 from chat_server.storage import queries
 from chat_server.turns import TurnRequest
 from chat_server.voice import Voice
-from chat_server.wire import conversation_info, message_info
+from chat_server.wire import conversation_updated, message_info
 from chat_server.writer import Transport, Writer
 from protocol.errors import CloseCode, Disconnect, ErrorCode, ErrorReply
 from protocol.messages import (
     PROTOCOL_VERSION,
     Cancel,
     ClientMessage,
-    ConversationUpdated,
     Hello,
     History,
     HistoryPage,
@@ -57,7 +58,6 @@ from protocol.messages import (
 
 log = logging.getLogger(__name__)
 
-MAX_JOINED = 64  # conversations one connection may join at once
 RETRY_PLACE_MS = 5000  # told to a device refused for too many connections (4005)
 
 
@@ -92,6 +92,7 @@ class Session:
             close=self.request_close,
             metrics=runtime.metrics,
         )
+        self.joined = Membership(runtime, self, self.delivery)
         self.options = SessionOptions()
         self.close_code: int | None = None  # the code this server closes with, if it does
         # Made on first use (few connections speak or relay live input): ~0.9 KiB less
@@ -102,7 +103,8 @@ class Session:
     @property
     def _relay(self) -> Relay:
         if self._relay_ is None:
-            self._relay_ = Relay(self._publish_live, lambda c: c in self.delivery.feeds)
+            publish = functools.partial(self._rt.hub.publish, exclude=self.id)
+            self._relay_ = Relay(publish, self.joined.__contains__)
         return self._relay_
 
     @property
@@ -127,30 +129,9 @@ class Session:
             case Hello():
                 raise ErrorReply(ErrorCode.ALREADY_HELLO, "hello was already received")
             case Join():
-                await self._join(message)
-            case Send():
-                await self._send(
-                    TurnRequest(
-                        self._owner,
-                        message.conversation_id,
-                        message.id,
-                        message.text,
-                        message.assistant_id,
-                        edit_of=message.edit_of,
-                    )
-                )
-            case Regenerate():
-                await self._send(
-                    TurnRequest(
-                        self._owner,
-                        message.conversation_id,
-                        message.id,
-                        "",
-                        message.assistant_id,
-                        regenerate=message.reply_to,
-                    )
-                )
-
+                await self.joined.join(message, self._owner)
+            case Send() | Regenerate():
+                await self._send(TurnRequest.of(self._owner, message))
             case Input():
                 await self._input(message)
             case Cancel():
@@ -158,12 +139,10 @@ class Session:
                 await self._rt.turns.cancel(
                     message.conversation_id, message.turn_id, message.heard_chars
                 )
-            case History():
-                await self._history(message)
-            case Switch():
-                await self._switch(message)
+            case History() | Switch():
+                await self._page(message)
             case Leave():
-                await self._leave(message.conversation_id)
+                await self.joined.leave(message.conversation_id)
                 self.reply(Left(id=message.id, conversation_id=message.conversation_id))
             case Typing():
                 self._require_joined(message.conversation_id)
@@ -192,12 +171,8 @@ class Session:
         self.delivery.configure(hello.options, self.writer.push)
         self.state = SessionState.READY
         s = self._rt.settings
-        limits = Limits(
-            max_frame_bytes=s.max_frame_bytes,
-            max_text_chars=s.max_text_chars,
-            outbox_frames=s.outbox_frames,
-            outbox_bytes=s.outbox_bytes,
-        )
+        # Each limit is the setting of the same name.
+        limits = Limits(**{name: getattr(s, name) for name in Limits.__struct_fields__})
         self.reply(
             Welcome(
                 id=hello.id,
@@ -228,7 +203,7 @@ class Session:
         return Device(self.id, self.subject)
 
     def _require_joined(self, conversation_id: uuid.UUID) -> None:
-        if conversation_id not in self.delivery.feeds:
+        if conversation_id not in self.joined:
             raise ErrorReply(ErrorCode.NOT_JOINED, f"join conversation {conversation_id} first")
 
     async def _send(self, request: TurnRequest) -> None:
@@ -251,102 +226,26 @@ class Session:
             cid, text = message.conversation_id, message.text
             await self._send(TurnRequest(self._owner, cid, message.input_id, text, None, prepared))
 
-    async def _publish_live(self, event: LiveEvent) -> None:
-        await self._rt.hub.publish(event, exclude=self.id)
-
-    async def _history(self, message: History) -> None:
+    async def _page(self, message: History | Switch) -> None:
+        """A page of the branch shown (``history``), or of another branch (``switch``):
+        then every device of the conversation hears of it as a ``conversation`` event."""
+        cid, before = message.conversation_id, None
         async with self._rt.db.begin() as s:
-            rows, has_more = await conversations.history(
-                s,
-                self._owner,
-                message.conversation_id,
-                before_seq=message.before_seq,
-                limit=message.limit,
-            )
-        self._page(message.id, message.conversation_id, rows, has_more)
-
-    async def _switch(self, message: Switch) -> None:
-        """Show another branch: answered with a page of it, and every device of the
-        conversation hears of it as a ``conversation`` event."""
-        async with self._rt.db.begin() as s:
-            switched = await conversations.switch(
-                s, self._owner, message.conversation_id, message.message_id, message.alternative
-            )
-            rows, has_more = await queries.branch_page(
-                s, switched, before_seq=None, limit=message.limit
-            )
-        info = conversation_info(switched)
-        await self._rt.hub.publish(ConversationUpdated(conversation_id=info.id, conversation=info))
-        self._page(message.id, message.conversation_id, rows, has_more)
-
-    def _page(
-        self,
-        request_id: str | None,
-        conversation_id: uuid.UUID,
-        rows: list[queries.Placed],
-        has_more: bool,
-    ) -> None:
-        page = [message_info(*r) for r in rows]
-        self.reply(
-            HistoryPage(
-                id=request_id, conversation_id=conversation_id, messages=page, has_more=has_more
-            )
-        )
-
-    # ------------------------------------------------------------------ join
-
-    async def _join(self, join: Join) -> None:
-        if (join.conversation_id is None) == (join.create is None):
-            raise ErrorReply(
-                ErrorCode.BAD_MESSAGE, "join needs exactly one of conversation_id, create"
-            )
-        feeds = self.delivery.feeds
-        if join.conversation_id not in feeds and len(feeds) >= MAX_JOINED:
-            raise ErrorReply(
-                ErrorCode.BAD_MESSAGE, f"at most {MAX_JOINED} conversations per connection"
-            )
-        if join.create is not None:
-            async with self._rt.db.begin() as s:
-                created = await conversations.create(
-                    s, self._owner, title=join.create.title, assistant_id=join.create.assistant_id
+            if isinstance(message, Switch):
+                conversation = await conversations.switch(
+                    s, self._owner, cid, message.message_id, message.alternative
                 )
-            conversation_id = created.id
-        else:
-            assert join.conversation_id is not None
-            conversation_id = join.conversation_id
-        await self._leave(conversation_id)  # a repeated join starts over
-        feed = self.delivery.open(conversation_id, join.offsets or {})
-        # Subscribe first, then check and read in one transaction: events published
-        # meanwhile wait in the feed (REPLAYING), and nothing is sent before the check.
-        await self._rt.hub.join(conversation_id, self)
-        try:
-            await self.delivery.join(join, feed, self._owner)
-        except BaseException:
-            feeds.pop(conversation_id, None)
-            await self._rt.hub.leave(conversation_id, self)
-            raise
-        self._rt.metrics.joined.inc()
-        try:
-            await self._rt.presence.enter(conversation_id, self.device)
-        except Exception:  # presence is best effort (Redis away); the refresh re-adds it
-            log.warning("presence update on join failed", exc_info=True)
-
-    async def _leave(self, conversation_id: uuid.UUID) -> None:
-        if self.delivery.feeds.pop(conversation_id, None) is not None:
-            self._rt.metrics.joined.dec()
-            await self._rt.hub.leave(conversation_id, self)
-            try:
-                await self._rt.presence.leave(conversation_id, self.device)
-            except Exception:  # presence is best effort; its TTL cleans up
-                log.warning("presence update on leave failed", exc_info=True)
-
-    def joined_conversations(self) -> list[uuid.UUID]:
-        return list(self.delivery.feeds)
-
-    def resync(self, conversation_id: uuid.UUID) -> None:
-        """Called by the hub after the bus reconnected: events may have been lost."""
-        if self.state is SessionState.READY:
-            self.delivery.resync(conversation_id)
+            else:
+                conversation = await conversations.owned(s, self._owner, cid)
+                before = message.before_seq
+            rows, more = await queries.branch_page(
+                s, conversation, before_seq=before, limit=message.limit
+            )
+            updated = conversation_updated(conversation) if isinstance(message, Switch) else None
+        if updated is not None:
+            await self._rt.hub.publish(updated)
+        page = [message_info(*r) for r in rows]
+        self.reply(HistoryPage(id=message.id, conversation_id=cid, messages=page, has_more=more))
 
     # ------------------------------------------------------------------ outbound
 
@@ -361,6 +260,11 @@ class Session:
         """Called by the hub for every event of a joined conversation; never blocks."""
         if self.state is SessionState.READY:
             self.delivery.deliver(event)
+
+    def resync(self, conversation_id: uuid.UUID) -> None:
+        """Called by the hub after the bus reconnected: events may have been lost."""
+        if self.state is SessionState.READY:
+            self.delivery.resync(conversation_id)
 
     def close_if_silent(self, now: float, hello_timeout_s: float, idle_s: float) -> None:
         """Close a connection with no hello in time (4002) or no frame for ``idle_s``
@@ -380,13 +284,6 @@ class Session:
             if code is CloseCode.SLOW_CONSUMER:
                 self._rt.metrics.slow_consumers.labels(self._rt.metrics.replica).inc()
 
-    @property
-    def outbox(self) -> Outbox:
-        return self.writer.outbox
-
-    async def run_writer(self) -> None:
-        await self.writer.run()
-
     async def cleanup(self) -> None:
         self.state = SessionState.CLOSING
         self.delivery.close()
@@ -394,7 +291,6 @@ class Session:
             self._voice_.close()
         if self._relay_ is not None:
             self._relay_.close()
-        for conversation_id in list(self.delivery.feeds):
-            await self._leave(conversation_id)
+        await self.joined.leave_all()
         if self.holds is not None:
             await self._rt.limiter.release(self.holds, self.id)

@@ -13,6 +13,7 @@ from chat_server.storage.models import Message as MessageRow
 from protocol.errors import RETRYABLE, ErrorCode
 from protocol.messages import (
     ConversationInfo,
+    ConversationUpdated,
     Error,
     FinishReason,
     MessageInfo,
@@ -54,6 +55,11 @@ def conversation_info(row: Conversation) -> ConversationInfo:
         last_seq=row.last_seq,
         leaf_id=row.leaf_id,
     )
+
+
+def conversation_updated(row: Conversation) -> ConversationUpdated:
+    """The event that tells every device of a conversation it changed (title, branch)."""
+    return ConversationUpdated(conversation_id=row.id, conversation=conversation_info(row))
 
 
 def route_info(decision: router.Decision) -> RouteInfo:

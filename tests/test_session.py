@@ -97,12 +97,12 @@ def message(seq: int) -> Event:
 async def test_deltas_queued_behind_a_slow_socket_merge_into_one_frame() -> None:
     transport = GatedTransport()
     session = ready_session(transport)
-    writer = asyncio.create_task(session.run_writer())
+    writer = asyncio.create_task(session.writer.run())
     session.deliver(delta(0, "Hel"))
     await transport.waiting.wait()  # the writer holds the first frame
     for offset, text in [(3, "lo"), (5, ", "), (7, "wor"), (10, "ld")]:
         session.deliver(delta(offset, text))
-    assert len(session.outbox) == 1
+    assert len(session.writer.outbox) == 1
     session.request_close(CloseCode.NORMAL, "", flush=True)
     transport.gate.set()
     await asyncio.wait_for(writer, 5)
@@ -113,13 +113,13 @@ async def test_deltas_queued_behind_a_slow_socket_merge_into_one_frame() -> None
 async def test_a_client_that_falls_too_far_behind_is_closed_as_slow_consumer() -> None:
     transport = GatedTransport()
     session = ready_session(transport, outbox_frames=4)
-    writer = asyncio.create_task(session.run_writer())
+    writer = asyncio.create_task(session.writer.run())
     session.deliver(message(1))
     await transport.waiting.wait()
     for seq in range(2, 10):
         session.deliver(message(seq))
     assert session.state is SessionState.CLOSING
-    assert not session.outbox, "queued frames are dropped; the client resumes with after_seq"
+    assert not session.writer.outbox, "queued frames are dropped; the client resumes with after_seq"
     transport.gate.set()
     await asyncio.wait_for(writer, 5)
     assert transport.closed is not None
@@ -136,13 +136,13 @@ def partial(input_id: str, text: str, final: bool = False) -> Event:
 async def test_a_newer_partial_replaces_the_queued_one_from_the_same_source() -> None:
     transport = GatedTransport()
     session = ready_session(transport, outbox_frames=8, outbox_bytes=64 * 1024)
-    writer = asyncio.create_task(session.run_writer())
+    writer = asyncio.create_task(session.writer.run())
     session.deliver(partial("u1", "c"))
     await transport.waiting.wait()  # the writer holds the first frame
     for n in range(2, 500):  # 500 partials of up to 2 KB: no bound is reached
         session.deliver(partial("u1", "c" * (n * 4)))
     session.deliver(partial("u1", "done", final=True))  # a final one is never replaced
-    assert len(session.outbox) == 2
+    assert len(session.writer.outbox) == 2
     assert session.state is SessionState.READY
     session.request_close(CloseCode.NORMAL, "", flush=True)
     transport.gate.set()
@@ -152,13 +152,13 @@ async def test_a_newer_partial_replaces_the_queued_one_from_the_same_source() ->
         ("c" * 499 * 4, False),
         ("done", True),
     ]
-    assert session.outbox.bytes == 0
+    assert session.writer.outbox.bytes == 0
 
 
 async def test_a_stalled_reader_is_bounded_in_bytes_not_only_frames() -> None:
     transport = GatedTransport()
     session = ready_session(transport, outbox_frames=1000, outbox_bytes=64 * 1024)
-    writer = asyncio.create_task(session.run_writer())
+    writer = asyncio.create_task(session.writer.run())
     session.deliver(partial("u0", "x"))
     await transport.waiting.wait()
     for n in range(1, 20):  # distinct utterances of 8 KB: 160 KB, far under 1000 frames
@@ -176,23 +176,23 @@ async def test_a_stalled_reader_is_bounded_in_bytes_not_only_frames() -> None:
 async def test_merged_deltas_keep_the_byte_count_exact() -> None:
     transport = GatedTransport()
     session = ready_session(transport)
-    writer = asyncio.create_task(session.run_writer())
+    writer = asyncio.create_task(session.writer.run())
     session.deliver(delta(0, "a"))
     await transport.waiting.wait()
     for offset in range(1, 200):
         session.deliver(delta(offset, "b"))
-    assert 0 < session.outbox.bytes < 1000
+    assert 0 < session.writer.outbox.bytes < 1000
     session.request_close(CloseCode.NORMAL, "", flush=True)
     transport.gate.set()
     await asyncio.wait_for(writer, 5)
-    assert session.outbox.bytes == 0
+    assert session.writer.outbox.bytes == 0
 
 
 async def test_overlapping_deltas_are_trimmed_to_the_new_text() -> None:
     transport = GatedTransport()
     transport.gate.set()
     session = ready_session(transport)
-    writer = asyncio.create_task(session.run_writer())
+    writer = asyncio.create_task(session.writer.run())
     session.deliver(delta(0, "abc"))
     session.deliver(delta(0, "abc"))  # an exact repeat
     session.deliver(delta(1, "bcde"))  # overlaps two characters
@@ -210,7 +210,7 @@ async def test_events_of_conversations_not_joined_are_ignored() -> None:
     session = ready_session(transport)
     other = Event.of(Delta(conversation_id=uuid.uuid4(), turn_id=TURN, offset=0, text="x"))
     session.deliver(other)
-    assert not session.outbox
+    assert not session.writer.outbox
 
 
 async def test_a_delta_ahead_of_the_sent_text_is_repaired_from_shared_state() -> None:
@@ -229,7 +229,7 @@ async def test_a_delta_ahead_of_the_sent_text_is_repaired_from_shared_state() ->
     )
     await inflight.begin(TURN, CONV, encode(start), "other-node")
     await inflight.append(TURN, "Hello, wor")
-    writer = asyncio.create_task(session.run_writer())
+    writer = asyncio.create_task(session.writer.run())
     session.deliver(delta(0, "Hel"))
     session.deliver(delta(7, "wor"))  # "lo, " was lost on the way
     for _ in range(100):

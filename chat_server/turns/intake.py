@@ -29,14 +29,20 @@ from chat_server.turns import quota
 from chat_server.turns.generation import Context, Generation
 from chat_server.turns.history import chat_turns
 from chat_server.turns.toolbox import Kit, equip
-from chat_server.wire import conversation_info, message_info, route_info, to_builtins
+from chat_server.wire import (
+    conversation_updated,
+    message_info,
+    route_info,
+    to_builtins,
+)
 from protocol.errors import ErrorCode
 from protocol.messages import (
     Ack,
     AssistantRef,
-    ConversationUpdated,
     MessageInfo,
+    Regenerate,
     RouteInfo,
+    Send,
     TurnStart,
 )
 
@@ -65,6 +71,14 @@ class TurnRequest:
     prepared: Prepared | None = None
     edit_of: uuid.UUID | None = None  # the user turn this one corrects (a new branch)
     regenerate: uuid.UUID | None = None  # answer this user turn again (``text`` unused)
+
+    @classmethod
+    def of(cls, owner_id: uuid.UUID, message: Send | Regenerate) -> TurnRequest:
+        """The turn a ``send`` (a new turn, or an edit) or a ``regenerate`` asks for."""
+        cid, assistant = message.conversation_id, message.assistant_id
+        if isinstance(message, Regenerate):
+            return cls(owner_id, cid, message.id, "", assistant, regenerate=message.reply_to)
+        return cls(owner_id, cid, message.id, message.text, assistant, edit_of=message.edit_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +274,7 @@ class Intake:
             conversation.default_assistant_id = decision.assistant.id
             kit = await equip(s, owner_id, decision.assistant.id)
         assert stored.reply is not None
-        await self._context.hub.publish(
-            ConversationUpdated(conversation_id=cid, conversation=conversation_info(conversation))
-        )
+        await self._context.hub.publish(conversation_updated(conversation))
         try:  # a handoff is feedback: the next turn like this goes to the teammate first
             await learning.learn_misroute(
                 self._db,
