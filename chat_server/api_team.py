@@ -29,7 +29,7 @@ from chat_server.api_schema import (
 from chat_server.rest import Caller, Endpoint, apply_patch, decode_body, owned_row, respond
 from chat_server.router.embedding import phrases
 from chat_server.router.learning import learn_misroute
-from chat_server.storage import queries
+from chat_server.storage import teams
 from chat_server.storage.models import Assistant, Skill, SkillExample
 
 # ---------------------------------------------------------------- converters
@@ -55,7 +55,7 @@ def _skill_out(skill: Skill, examples: int) -> SkillOut:
 
 async def list_assistants(c: Caller) -> Response:
     async with c.db() as s:
-        return respond([_assistant_out(a) for a in await queries.list_assistants(s, c.user_id)])
+        return respond([_assistant_out(a) for a in await teams.list_assistants(s, c.user_id)])
 
 
 async def create_assistant(c: Caller) -> Response:
@@ -77,7 +77,7 @@ async def create_assistant(c: Caller) -> Response:
 
 
 async def _own_assistant(s: AsyncSession, c: Caller) -> Assistant:
-    return await owned_row(s, c, "assistant", queries.get_assistant)
+    return await owned_row(s, c, "assistant", teams.get_assistant)
 
 
 async def get_assistant(c: Caller) -> Response:
@@ -107,7 +107,7 @@ async def delete_assistant(c: Caller) -> Response:
 async def list_skills(c: Caller) -> Response:
     async with c.db() as s:
         assistant = await _own_assistant(s, c)
-        rows = await queries.list_skills(s, c.user_id, assistant.id)
+        rows = await teams.list_skills(s, c.user_id, assistant.id)
         return respond([_skill_out(skill, n) for skill, n in rows])
 
 
@@ -128,7 +128,7 @@ async def create_skill(c: Caller) -> Response:
         )
         s.add(skill)
         await s.flush()
-        await queries.set_description_phrases(s, skill, parts, embedder=embedder.name)
+        await teams.set_description_phrases(s, skill, parts, embedder=embedder.name)
         return respond(_skill_out(skill, 0), 201)
 
 
@@ -142,11 +142,11 @@ async def _embed_description(
 
 
 async def _own_skill(s: AsyncSession, c: Caller) -> Skill:
-    return await owned_row(s, c, "skill", queries.get_skill)
+    return await owned_row(s, c, "skill", teams.get_skill)
 
 
 async def _skill_response(s: AsyncSession, c: Caller, skill: Skill) -> Response:
-    counts = dict((k.id, n) for k, n in await queries.list_skills(s, c.user_id, skill.assistant_id))
+    counts = dict((k.id, n) for k, n in await teams.list_skills(s, c.user_id, skill.assistant_id))
     return respond(_skill_out(skill, counts.get(skill.id, 0)))
 
 
@@ -173,7 +173,7 @@ async def update_skill(c: Caller) -> Response:
                 described[0],
                 embedder.name,
             )
-            await queries.set_description_phrases(s, skill, described[1], embedder=embedder.name)
+            await teams.set_description_phrases(s, skill, described[1], embedder=embedder.name)
         await s.flush()
         return await _skill_response(s, c, skill)
 
@@ -193,7 +193,7 @@ def _example_out(e: SkillExample) -> ExampleOut:
 async def list_examples(c: Caller) -> Response:
     async with c.db() as s:
         skill = await _own_skill(s, c)
-        return respond([_example_out(e) for e in await queries.list_examples(s, skill)])
+        return respond([_example_out(e) for e in await teams.list_examples(s, skill)])
 
 
 async def add_example(c: Caller) -> Response:
@@ -219,7 +219,7 @@ async def add_example(c: Caller) -> Response:
 
 async def delete_example(c: Caller) -> Response:
     async with c.db() as s:
-        await s.delete(await owned_row(s, c, "example", queries.get_example))
+        await s.delete(await owned_row(s, c, "example", teams.get_example))
     return Response(status_code=204)
 
 

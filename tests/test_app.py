@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from chat_server.storage import queries
+from chat_server.storage import queries, teams
 from chat_server.storage.models import Assistant
 from chat_server.storage.models import Message as MessageRow
 from protocol.messages import (
@@ -105,7 +105,7 @@ async def test_a_reply_left_streaming_by_a_dead_run_ends_as_an_error_once_its_le
     user = new_user()
     async with db.begin() as s:
         owner = await queries.ensure_user(s, user, default_model="m")
-        assistant = await queries.first_assistant(s, owner.id)
+        assistant = await teams.first_assistant(s, owner.id)
         assert assistant is not None
         conversation = await queries.create_conversation(
             s, owner.id, title=None, default_assistant_id=assistant.id

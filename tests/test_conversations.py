@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server import conversations
 from chat_server.errors import ChatError
-from chat_server.storage import queries
+from chat_server.storage import queries, teams
 from protocol.errors import ErrorCode
 from tests.wsclient import new_user
 
@@ -41,12 +41,12 @@ async def test_create_with_someone_elses_assistant_is_not_found(
 ) -> None:
     async with db.begin() as s:
         alice, bob = await two_users(s)
-        bobs = await queries.first_assistant(s, bob)
+        bobs = await teams.first_assistant(s, bob)
         assert bobs is not None
         with pytest.raises(ChatError) as refused:
             await conversations.create(s, alice, title=None, assistant_id=bobs.id)
         assert refused.value.code == ErrorCode.NOT_FOUND
-        alices = await queries.first_assistant(s, alice)
+        alices = await teams.first_assistant(s, alice)
         assert alices is not None
         made = await conversations.create(s, alice, title=None, assistant_id=None)
         assert made.default_assistant_id == alices.id

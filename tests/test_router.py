@@ -22,7 +22,7 @@ from chat_server.router.analysis import analyse
 from chat_server.router.embedding import HashingEmbedder, hash_embed, phrases
 from chat_server.storage.models import Message as MessageRow
 from chat_server.storage.models import Skill
-from chat_server.storage.queries import SkillHit
+from chat_server.storage.teams import SkillHit
 from load.routing_eval import ALL, TEST, build_team, evaluate
 from protocol.messages import Ack, Send, TurnEnd, TurnStart
 from tests.servers import RunningServer

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool
 
-from chat_server.storage import migrate, queries
+from chat_server.storage import migrate, queries, teams
 from chat_server.storage.db import async_url, make_engine
 from chat_server.storage.models import EMBEDDING_DIM, Assistant, Message, Skill
 from chat_server.storage.users import UserIds
@@ -37,7 +37,7 @@ def test_migrations_match_the_models(database_url: str) -> None:
 async def new_conversation(db: async_sessionmaker[AsyncSession]) -> tuple[uuid.UUID, uuid.UUID]:
     async with db.begin() as s:
         user = await queries.ensure_user(s, f"u-{uuid.uuid4()}", default_model="m")
-        assistant = await queries.first_assistant(s, user.id)
+        assistant = await teams.first_assistant(s, user.id)
         assert assistant is not None
         conversation = await queries.create_conversation(
             s, user.id, title=None, default_assistant_id=assistant.id

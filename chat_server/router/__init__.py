@@ -3,7 +3,7 @@ and why. One pipeline, each step a small unit:
 
 1. ``analysis.analyse``: language, kind of task, complexity (no I/O);
 2. skill matching: the turn's embedding against the owner's skills and learned
-   examples, exact cosine in Postgres (``queries.nearest_skills``);
+   examples, exact cosine in Postgres (``teams.nearest_skills``);
 3. ``select``: an explicit ``assistant_id`` wins, then the best skill at or above its
    threshold whose calibrated confidence clears the embedder's bar (``abstain``: how the
    turn compares with small talk against this team), then the conversation's default
@@ -27,7 +27,7 @@ from chat_server.errors import ChatError
 from chat_server.llm import ChatTurn
 from chat_server.router.abstain import Calibration, Matcher
 from chat_server.router.analysis import Analysis, analyse, estimate_tokens
-from chat_server.storage import queries
+from chat_server.storage import teams
 from chat_server.storage.models import Assistant
 from protocol.errors import ErrorCode
 
@@ -58,14 +58,14 @@ class Decision:
     skill_id: uuid.UUID | None = None
     score: float | None = None
     confidence: float | None = None  # in [0, 1], calibrated per team (router.abstain)
-    candidates: list[queries.SkillHit] = field(default_factory=list)
+    candidates: list[teams.SkillHit] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class Choice:
     assistant_id: uuid.UUID | None
     reason: str
-    hit: queries.SkillHit | None
+    hit: teams.SkillHit | None
     why: str
     confidence: float | None = None
 
@@ -78,13 +78,13 @@ class Evidence:
     calibration: Calibration
     min_confidence: float  # the embedder's bar; 0 for one that cannot tell small talk
 
-    def confidence(self, hit: queries.SkillHit) -> float:
+    def confidence(self, hit: teams.SkillHit) -> float:
         return self.calibration.confidence(hit.score - self.nobody_score)
 
 
 def select(
     explicit: uuid.UUID | None,
-    hits: Sequence[queries.SkillHit],
+    hits: Sequence[teams.SkillHit],
     default: uuid.UUID | None,
     evidence: Evidence | None = None,
 ) -> Choice:
@@ -168,11 +168,11 @@ async def route(
     thinking: Thinking = Thinking(),
 ) -> Decision:
     analysis = analyse(text)
-    hits: list[queries.SkillHit] = []
+    hits: list[teams.SkillHit] = []
     evidence = None
     if vector is not None and explicit_assistant_id is None:
         embedder = matcher.embedder
-        hits = await queries.nearest_skills(
+        hits = await teams.nearest_skills(
             s, owner_id, vector, embedder=embedder.name, limit=CANDIDATES
         )
         if hits:
@@ -186,7 +186,7 @@ async def route(
                 log.warning("routing without calibration", exc_info=True)
     choice = select(explicit_assistant_id, hits, default_assistant_id, evidence)
     assistant = (
-        await queries.get_assistant(s, owner_id, choice.assistant_id)
+        await teams.get_assistant(s, owner_id, choice.assistant_id)
         if choice.assistant_id is not None
         else None
     )
@@ -194,7 +194,7 @@ async def route(
     if assistant is None:
         if explicit_assistant_id is not None:
             raise ChatError(ErrorCode.NOT_FOUND, f"assistant {explicit_assistant_id} not found")
-        assistant = await queries.first_assistant(s, owner_id)
+        assistant = await teams.first_assistant(s, owner_id)
         if assistant is None:
             raise ChatError(ErrorCode.NOT_FOUND, "this user has no assistant to answer")
         reason, why = "fallback", why + " (none set: the first assistant answers)"

@@ -35,7 +35,7 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chat_server.router.embedding import Embedder
-from chat_server.storage import queries
+from chat_server.storage import teams
 
 CALIBRATION_TTL_S = 30.0
 
@@ -117,7 +117,7 @@ class Matcher:
         now = time.monotonic()
         if cached is not None and now - cached[0] < CALIBRATION_TTL_S:
             return cached[1]
-        rows = await queries.team_vectors(s, owner_id, embedder=self.embedder.name)
+        rows = await teams.team_vectors(s, owner_id, embedder=self.embedder.name)
         vectors = np.asarray([v for _, v in rows], dtype=np.float32).reshape(len(rows), -1)
         calibration = calibrate(await self._nobody_vectors(), vectors, [a for a, _ in rows])
         if len(self._teams) > 10_000:  # bounded: forget the oldest

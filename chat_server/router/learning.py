@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from chat_server.errors import ChatError
 from chat_server.router.embedding import Embedder
-from chat_server.storage import queries
+from chat_server.storage import queries, teams
 from chat_server.storage.models import Skill, SkillExample
 from protocol.errors import ErrorCode
 
@@ -41,18 +41,18 @@ async def learn_misroute(
             message = await queries.get_message(s, owner_id, message.reply_to)
         if message is None:
             raise ChatError(ErrorCode.NOT_FOUND, "message not found")
-        if await queries.get_assistant(s, owner_id, assistant_id) is None:
+        if await teams.get_assistant(s, owner_id, assistant_id) is None:
             raise ChatError(ErrorCode.NOT_FOUND, "assistant not found")
         text = message.text
     (vector,) = await embedder.embed([text])
     async with db.begin() as s:
         created = False
         if skill_id is not None:
-            skill = await queries.get_skill(s, owner_id, skill_id)
+            skill = await teams.get_skill(s, owner_id, skill_id)
             if skill is None or skill.assistant_id != assistant_id:
                 raise ChatError(ErrorCode.NOT_FOUND, "skill not found")
         else:
-            skill = await queries.nearest_skill_of(s, assistant_id, vector, embedder=embedder.name)
+            skill = await teams.nearest_skill_of(s, assistant_id, vector, embedder=embedder.name)
         if skill is None:
             skill = Skill(
                 assistant_id=assistant_id,
@@ -82,7 +82,7 @@ async def learn_misroute(
 async def reembed(db: async_sessionmaker[AsyncSession], embedder: Embedder, batch: int = 64) -> int:
     """Re-embed skills and examples made by another embedder (or none yet)."""
     async with db.begin() as s:
-        skills, examples = await queries.stale_vectors(s, embedder.name)
+        skills, examples = await teams.stale_vectors(s, embedder.name)
         rows: list[tuple[Any, str]] = [(r, r.description) for r in skills]
         rows += [(r, r.text) for r in examples]
         for start in range(0, len(rows), batch):

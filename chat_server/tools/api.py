@@ -22,7 +22,7 @@ from chat_server.rest import (
     owned_row,
     respond,
 )
-from chat_server.storage import queries
+from chat_server.storage import teams
 from chat_server.storage.models import Tool
 
 
@@ -66,14 +66,14 @@ async def _check(s: AsyncSession, c: Caller, tool: Tool) -> None:
 
 async def list_tools(c: Caller) -> Response:
     async with c.db() as s:
-        assistant = await owned_row(s, c, "assistant", queries.get_assistant)
-        return respond([_out(t) for t in await queries.tools_of(s, assistant.id)])
+        assistant = await owned_row(s, c, "assistant", teams.get_assistant)
+        return respond([_out(t) for t in await teams.tools_of(s, assistant.id)])
 
 
 async def create_tool(c: Caller) -> Response:
     body = decode_body(ToolIn, await c.request.body())
     async with c.db() as s:
-        assistant = await owned_row(s, c, "assistant", queries.get_assistant)
+        assistant = await owned_row(s, c, "assistant", teams.get_assistant)
         tool = Tool(
             id=uuid.uuid4(),
             assistant_id=assistant.id,
@@ -89,7 +89,7 @@ async def create_tool(c: Caller) -> Response:
 
 
 async def _own_tool(s: AsyncSession, c: Caller) -> Tool:
-    return await owned_row(s, c, "tool", queries.get_tool)
+    return await owned_row(s, c, "tool", teams.get_tool)
 
 
 async def get_tool(c: Caller) -> Response:

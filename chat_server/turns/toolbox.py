@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from chat_server import tools
 from chat_server.hub import Hub
 from chat_server.llm import FunctionCall, ToolDeclaration
-from chat_server.storage import queries
+from chat_server.storage import teams
 from chat_server.storage.models import Assistant
 from chat_server.tools import HANDOFF, Outcome, Webhooks, failed
 from protocol.messages import ErrorInfo, ToolCall, ToolCallInfo, ToolResult, TurnStart
@@ -54,7 +54,7 @@ class Kit:
 
 
 async def equip(s: AsyncSession, owner_id: uuid.UUID, assistant_id: uuid.UUID) -> Kit:
-    team, rows = await queries.team_and_tools(s, owner_id, assistant_id)
+    team, rows = await teams.team_and_tools(s, owner_id, assistant_id)
     return Kit([tools.Tool.of(row) for row in rows], team)
 
 
