@@ -229,19 +229,20 @@ class Session:
     async def _page(self, message: History | Switch) -> None:
         """A page of the branch shown (``history``), or of another branch (``switch``):
         then every device of the conversation hears of it as a ``conversation`` event."""
-        cid, before = message.conversation_id, None
+        cid, updated = message.conversation_id, None
         async with self._rt.db.begin() as s:
-            if isinstance(message, Switch):
-                conversation = await conversations.switch(
-                    s, self._owner, cid, message.message_id, message.alternative
+            if isinstance(message, History):
+                rows, more = await conversations.history(
+                    s, self._owner, cid, before_seq=message.before_seq, limit=message.limit
                 )
             else:
-                conversation = await conversations.owned(s, self._owner, cid)
-                before = message.before_seq
-            rows, more = await queries.branch_page(
-                s, conversation, before_seq=before, limit=message.limit
-            )
-            updated = conversation_updated(conversation) if isinstance(message, Switch) else None
+                switched = await conversations.switch(
+                    s, self._owner, cid, message.message_id, message.alternative
+                )
+                rows, more = await queries.branch_page(
+                    s, switched, before_seq=None, limit=message.limit
+                )
+                updated = conversation_updated(switched)
         if updated is not None:
             await self._rt.hub.publish(updated)
         page = [message_info(*r) for r in rows]
