@@ -1,24 +1,35 @@
-"""Gemini through google-genai, streaming. The only module that imports google.genai."""
+"""Gemini through google-genai, streaming. The only module that imports google.genai.
+
+A reply streams through the SDK's API client (its transport, auth, base URL, retries and
+error types) with a request body built here and chunks read as JSON here. The SDK's
+``generate_content_stream`` would validate the request into pydantic models, walk them
+back into the same JSON, and build a pydantic response per chunk: that was ~30 % of a
+replica's event-loop CPU per turn (py-spy, load/bench_turns.py). What goes on the wire
+is the SDK's own, to the byte of JSON: tests/test_llm.py compares the two.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
+import orjson
 from google import genai
 from google.genai import errors, types
 
 from chat_server.llm import ChatTurn, FunctionCall, LLMChunk, LLMError, LLMRequest
 from protocol.errors import ErrorCode
 
-_FINISH = {
-    types.FinishReason.STOP: "stop",
-    types.FinishReason.MAX_TOKENS: "length",
-    types.FinishReason.SAFETY: "safety",
-    types.FinishReason.RECITATION: "safety",
-    types.FinishReason.BLOCKLIST: "safety",
-    types.FinishReason.PROHIBITED_CONTENT: "safety",
-    types.FinishReason.SPII: "safety",
+_FINISH: dict[str, str] = {
+    types.FinishReason.STOP.value: "stop",
+    types.FinishReason.MAX_TOKENS.value: "length",
+    types.FinishReason.SAFETY.value: "safety",
+    types.FinishReason.RECITATION.value: "safety",
+    types.FinishReason.BLOCKLIST.value: "safety",
+    types.FinishReason.PROHIBITED_CONTENT.value: "safety",
+    types.FinishReason.SPII.value: "safety",
 }
 
 
@@ -96,38 +107,13 @@ class GeminiProvider:
         await self._client.aio.aclose()
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
-        # Plain dicts (the SDK's TypedDicts), not types.Content models: the SDK validates
-        # the request either way, and validating model instances costs about 5x more
-        # (40 history messages: 12.9 vs 2.3 ms of CPU per request). The wire format is
-        # the same; tests/test_llm.py pins it.
-        contents: types.ContentListUnionDict = [_content(turn) for turn in request.history]
-        config = types.GenerateContentConfigDict(
-            system_instruction=request.system_prompt or None,
-            max_output_tokens=request.max_output_tokens,
-        )
-        if request.tools:
-            declarations = [
-                types.FunctionDeclarationDict(
-                    name=tool.name,
-                    description=tool.description,
-                    parameters_json_schema=tool.parameters,
-                )
-                for tool in request.tools
-            ]
-            config["tools"] = [types.ToolDict(function_declarations=declarations)]
-            # The server runs the tools itself (on the user's backend), never the SDK.
-            config["automatic_function_calling"] = {"disable": True}
-        if request.thinking_budget is not None:
-            config["thinking_config"] = types.ThinkingConfigDict(
-                thinking_budget=request.thinking_budget,
-                include_thoughts=request.include_thoughts and request.thinking_budget != 0,
-            )
+        path = f"{_model_path(request.model)}:streamGenerateContent?alt=sse"
         try:
-            response = await self._client.aio.models.generate_content_stream(
-                model=request.model, contents=contents, config=config
+            chunks = await self._client.aio._api_client.async_request_streamed(
+                "post", path, request_body(request)
             )
-            async for chunk in response:
-                yield _convert(chunk)
+            async for chunk in chunks:
+                yield _convert(_loads(chunk.body) if chunk.body else {})
         except errors.APIError as exc:
             raise _api_error(exc) from exc
         except Exception as exc:
@@ -136,55 +122,84 @@ class GeminiProvider:
             raise LLMError(ErrorCode.LLM_UNAVAILABLE, f"model connection failed: {exc!r}") from exc
 
 
-def _content(turn: ChatTurn) -> types.ContentDict:
+def _loads(body: str) -> dict[str, Any]:
+    try:
+        return orjson.loads(body)  # type: ignore[no-any-return]
+    except orjson.JSONDecodeError:  # a lone surrogate (escaped): orjson refuses it
+        return json.loads(body)  # type: ignore[no-any-return]
+
+
+def _model_path(model: str) -> str:
+    """The SDK's ``t_model`` for the Gemini API: a bare name is under ``models/``."""
+    return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
+
+
+def request_body(request: LLMRequest) -> dict[str, Any]:
+    """``streamGenerateContent``'s body, as the SDK writes it for the same request."""
+    body: dict[str, Any] = {"contents": [_content(turn) for turn in request.history]}
+    if request.system_prompt:
+        body["systemInstruction"] = {"parts": [{"text": request.system_prompt}], "role": "user"}
+    if request.tools:
+        declarations = [
+            {"description": t.description, "name": t.name, "parameters_json_schema": t.parameters}
+            for t in request.tools
+        ]
+        body["tools"] = [{"functionDeclarations": declarations}]
+    config: dict[str, Any] = {"maxOutputTokens": request.max_output_tokens}
+    if request.thinking_budget is not None:
+        config["thinkingConfig"] = {
+            "include_thoughts": request.include_thoughts and request.thinking_budget != 0,
+            "thinking_budget": request.thinking_budget,
+        }
+    body["generationConfig"] = config
+    return body
+
+
+def _content(turn: ChatTurn) -> dict[str, Any]:
     """A history turn on the wire: text, then its function calls or results."""
-    parts = (
-        [types.PartDict(text=turn.text)] if turn.text or not (turn.calls or turn.results) else []
+    parts: list[dict[str, Any]] = (
+        [{"text": turn.text}] if turn.text or not (turn.calls or turn.results) else []
     )
+    parts += [{"functionCall": {"id": c.id, "args": c.args, "name": c.name}} for c in turn.calls]
     parts += [
-        types.PartDict(function_call=types.FunctionCallDict(id=c.id, name=c.name, args=c.args))
-        for c in turn.calls
-    ]
-    parts += [
-        types.PartDict(
-            function_response=types.FunctionResponseDict(id=r.id, name=r.name, response=r.response)
-        )
+        {"functionResponse": {"id": r.id, "name": r.name, "response": r.response}}
         for r in turn.results
     ]
-    return types.ContentDict(role=turn.role, parts=parts)
+    return {"parts": parts, "role": turn.role}
 
 
-def _convert(chunk: types.GenerateContentResponse) -> LLMChunk:
+def _convert(chunk: dict[str, Any]) -> LLMChunk:
+    """One streamed ``GenerateContentResponse`` (JSON) as an ``LLMChunk``."""
     text = thought = ""
     finish: str | None = None
     calls: tuple[FunctionCall, ...] = ()
-    if chunk.candidates:
-        candidate = chunk.candidates[0]
-        if candidate.content and candidate.content.parts:
-            parts = candidate.content.parts
-            text = "".join(p.text for p in parts if p.text and not p.thought)
-            thought = "".join(p.text for p in parts if p.text and p.thought)
-            calls = tuple(
-                FunctionCall(
-                    id=p.function_call.id or "",  # Gemini may leave it out: the caller names it
-                    name=p.function_call.name or "",
-                    args=dict(p.function_call.args or {}),
-                )
-                for p in parts
-                if p.function_call is not None
+    candidates = chunk.get("candidates")
+    if candidates:
+        candidate = candidates[0]
+        parts = (candidate.get("content") or {}).get("parts") or []
+        text = "".join(p["text"] for p in parts if p.get("text") and not p.get("thought"))
+        thought = "".join(p["text"] for p in parts if p.get("text") and p.get("thought"))
+        calls = tuple(
+            FunctionCall(
+                id=call.get("id") or "",  # Gemini may leave it out: the caller names it
+                name=call.get("name") or "",
+                args=dict(call.get("args") or {}),
             )
-        if candidate.finish_reason is not None:
-            finish = _FINISH.get(candidate.finish_reason, "error")
-    elif chunk.prompt_feedback and chunk.prompt_feedback.block_reason:
+            for p in parts
+            if (call := p.get("functionCall")) is not None
+        )
+        if candidate.get("finishReason") is not None:
+            finish = _FINISH.get(candidate["finishReason"], "error")
+    elif (chunk.get("promptFeedback") or {}).get("blockReason"):
         finish = "safety"
-    usage = chunk.usage_metadata
+    usage = chunk.get("usageMetadata")
     return LLMChunk(
         text=_utf8(text),
         finish_reason=finish,
-        input_tokens=usage.prompt_token_count if usage else None,
-        output_tokens=usage.candidates_token_count if usage else None,
+        input_tokens=usage.get("promptTokenCount") if usage else None,
+        output_tokens=usage.get("candidatesTokenCount") if usage else None,
         thought=_utf8(thought),
-        thought_tokens=usage.thoughts_token_count if usage else None,
+        thought_tokens=usage.get("thoughtsTokenCount") if usage else None,
         calls=calls,
     )
 
