@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -127,9 +128,22 @@ class Analysis:
 
 def estimate_tokens(text: str) -> int:
     """Rough model tokens: ~1.3 per English word, ~1 per CJK character."""
+    # A turn's history is mostly the last turn's messages (the model window keeps the
+    # same strings): counting their words again was ~5 % of the event loop. Only short
+    # texts are remembered, so the cache stays a few MB whatever people send.
+    return _estimate(text) if len(text) <= _CACHED_CHARS else _count(text)
+
+
+_CACHED_CHARS = 4000
+
+
+def _count(text: str) -> int:
     words = len(_WORDS.findall(text))
     wide = len(_WIDE.findall(text))
     return max(1, round(words * 1.3 + wide))
+
+
+_estimate = functools.lru_cache(maxsize=2048)(_count)
 
 
 def language(text: str) -> str:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, delete, func, literal, select, union_all
+from sqlalchemy import Integer, and_, bindparam, delete, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from chat_server.storage.models import Assistant, Skill, SkillExample, Tool
@@ -45,14 +46,11 @@ class SkillHit:
     via_example: bool  # matched a turn learned from feedback rather than the description
 
 
-async def nearest_skills(
-    s: AsyncSession, owner_id: uuid.UUID, vector: list[float], *, embedder: str, limit: int
-) -> list[SkillHit]:
-    """The owner's skills nearest to ``vector``: each skill scores by its closest vector
-    (its whole description, one of its phrases or given examples), and, as a hit of its
-    own (``via_example``), by its closest learned turn: a learned turn the router finds
-    not specific enough must not hide how the skill's own words scored. Exact cosine
-    over one owner's rows."""
+def _nearest_statement() -> Any:
+    """``nearest_skills``' query, with the turn's vector bound once for both of its uses."""
+    vector = bindparam("vector", type_=Skill.embedding.type)
+    owner_id = bindparam("owner_id", type_=Skill.owner_id.type)
+    embedder = bindparam("embedder", type_=Skill.embedder.type)
     descriptions = select(
         Skill.id.label("skill_id"),
         Skill.embedding.cosine_distance(vector).label("distance"),
@@ -77,14 +75,31 @@ async def nearest_skills(
             .label("rank"),
         )
     ).subquery()
-    rows = await s.execute(
+    return (
         select(Skill, Assistant.name, best.c.distance, best.c.via_example)
         .join(best, best.c.skill_id == Skill.id)
         .join(Assistant, Assistant.id == Skill.assistant_id)
         .where(best.c.rank == 1)
         .order_by(best.c.distance)
-        .limit(limit)
+        .limit(bindparam("limit", type_=Integer))
     )
+
+
+# Built once: building it per turn cost ~4 % of a replica's event loop (py-spy,
+# load/bench_turns.py), and a vector bound twice was turned into text twice.
+_NEAREST = _nearest_statement()
+
+
+async def nearest_skills(
+    s: AsyncSession, owner_id: uuid.UUID, vector: list[float], *, embedder: str, limit: int
+) -> list[SkillHit]:
+    """The owner's skills nearest to ``vector``: each skill scores by its closest vector
+    (its whole description, one of its phrases or given examples), and, as a hit of its
+    own (``via_example``), by its closest learned turn: a learned turn the router finds
+    not specific enough must not hide how the skill's own words scored. Exact cosine
+    over one owner's rows."""
+    values = {"vector": vector, "owner_id": owner_id, "embedder": embedder, "limit": limit}
+    rows = await s.execute(_NEAREST, values)
     # A text with nothing to embed (symbols only) is a zero vector, and its cosine
     # distance NaN (Postgres sorts it last): no similarity at all.
     return [
