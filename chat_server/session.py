@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import logging
 import time
 import uuid
 
@@ -55,8 +54,6 @@ from protocol.messages import (
     TypingEvent,
     Welcome,
 )
-
-log = logging.getLogger(__name__)
 
 RETRY_PLACE_MS = 5000  # told to a device refused for too many connections (4005)
 
@@ -171,8 +168,12 @@ class Session:
         self.delivery.configure(hello.options, self.writer.push)
         self.state = SessionState.READY
         s = self._rt.settings
-        # Each limit is the setting of the same name.
-        limits = Limits(**{name: getattr(s, name) for name in Limits.__struct_fields__})
+        limits = Limits(
+            max_frame_bytes=s.max_frame_bytes,
+            max_text_chars=s.max_text_chars,
+            outbox_frames=s.outbox_frames,
+            outbox_bytes=s.outbox_bytes,
+        )
         self.reply(
             Welcome(
                 id=hello.id,

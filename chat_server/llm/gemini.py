@@ -110,7 +110,7 @@ class GeminiProvider:
         path = f"{_model_path(request.model)}:streamGenerateContent?alt=sse"
         try:
             chunks = await self._client.aio._api_client.async_request_streamed(
-                "post", path, request_body(request)
+                "post", path, _request_body(request)
             )
             async for chunk in chunks:
                 yield _convert(_loads(chunk.body) if chunk.body else {})
@@ -134,7 +134,7 @@ def _model_path(model: str) -> str:
     return model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
 
 
-def request_body(request: LLMRequest) -> dict[str, Any]:
+def _request_body(request: LLMRequest) -> dict[str, Any]:
     """``streamGenerateContent``'s body, as the SDK writes it for the same request."""
     body: dict[str, Any] = {"contents": [_content(turn) for turn in request.history]}
     if request.system_prompt:
